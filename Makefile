@@ -1,0 +1,135 @@
+# kvidx -- `make help` lists the targets.
+
+VERSION := $(shell sed -n 's/^\#define KVIDX_VERSION_STRING "\(.*\)"/\1/p' kvidx.h)
+MAJOR   := $(firstword $(subst ., ,$(VERSION)))
+
+CC      ?= cc
+CFLAGS  ?= -O2 -g
+WARN    := -std=c99 -Wall -Wextra -Wpedantic -Wshadow -Wstrict-prototypes -Werror
+LDLIBS  := -lpthread
+PREFIX  ?= /usr/local
+LIBDIR  ?= $(PREFIX)/lib
+INCDIR  ?= $(PREFIX)/include
+DESTDIR ?=
+
+# Debian packages the build needs, as package:file-that-proves-it.
+DEPS       := libxxhash-dev:/usr/include/xxhash.h
+BENCH_DEPS := liblmdb-dev:/usr/include/lmdb.h librocksdb-dev:/usr/include/rocksdb/c.h \
+              libleveldb-dev:/usr/include/leveldb/c.h
+
+# Tests: black-box ones link kvidx.c; white-box ones #include it (-DKVIDX_TEST).
+TESTS_BB := test_api test_model test_crash
+TESTS_WB := test_recovery
+VARIANT  ?= test
+SAN      ?=
+OUT      := build/$(VARIANT)
+TESTBINS := $(addprefix $(OUT)/,$(TESTS_BB) $(TESTS_WB))
+
+.PHONY: all deps lib test demo bench asan tsan valgrind install uninstall \
+        check-symbols clean help run-tests
+
+all: deps libkvidx.a libkvidx.so.$(VERSION) kvidx.pc
+
+deps:
+	@sh tests/deps.sh $(DEPS)
+
+kvidx.o: kvidx.c kvidx.h | deps
+	$(CC) $(WARN) $(CFLAGS) -fPIC -c kvidx.c -o $@
+
+libkvidx.a: kvidx.o
+	rm -f $@ && ar rcs $@ kvidx.o
+
+libkvidx.so.$(VERSION): kvidx.o
+	$(CC) -shared -Wl,-soname,libkvidx.so.$(MAJOR) -o $@ kvidx.o $(LDLIBS)
+	ln -sf $@ libkvidx.so.$(MAJOR)
+	ln -sf libkvidx.so.$(MAJOR) libkvidx.so
+
+kvidx.pc: Makefile kvidx.h
+	printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$(LIBDIR)' 'includedir=$(INCDIR)' '' \
+	  'Name: kvidx' 'Description: embeddable store for integer-keyed data' \
+	  'Version: $(VERSION)' 'Libs: -L$${libdir} -lkvidx' 'Libs.private: -lpthread' \
+	  'Cflags: -I$${includedir}' > $@
+
+# ---- tests ---------------------------------------------------------------
+
+test: deps
+	@$(MAKE) --no-print-directory VARIANT=test run-tests
+
+asan: deps
+	@$(MAKE) --no-print-directory VARIANT=asan \
+	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" \
+	  run-tests
+
+tsan: deps
+	@$(MAKE) --no-print-directory VARIANT=tsan SAN="-fsanitize=thread" KVIDX_TEST_SCALE=4 run-tests
+
+valgrind: deps
+	@$(MAKE) --no-print-directory VARIANT=valgrind $(OUT:test=valgrind)/test_api
+	KVIDX_TEST_SCALE=10 valgrind --error-exitcode=1 --leak-check=full -q build/valgrind/test_api
+
+run-tests: $(TESTBINS)
+	@mkdir -p tests/tmp
+	@sh tests/run.sh $(TESTBINS)
+
+$(addprefix $(OUT)/,$(TESTS_BB)): $(OUT)/%: tests/%.c kvidx.c kvidx.h tests/harness.h
+	@mkdir -p $(OUT)
+	$(CC) $(WARN) -O1 -g $(SAN) -I. tests/$*.c kvidx.c -o $@ $(LDLIBS)
+
+$(addprefix $(OUT)/,$(TESTS_WB)): $(OUT)/%: tests/%.c kvidx.c kvidx.h tests/harness.h
+	@mkdir -p $(OUT)
+	$(CC) $(WARN) -O1 -g $(SAN) -DKVIDX_TEST -I. tests/$*.c -o $@ $(LDLIBS)
+
+# ---- demo, bench ---------------------------------------------------------
+
+demo: deps build/quickstart
+	./build/quickstart
+
+build/quickstart: examples/quickstart.c kvidx.c kvidx.h
+	@mkdir -p build
+	$(CC) $(WARN) $(CFLAGS) -I. examples/quickstart.c kvidx.c -o $@ $(LDLIBS)
+
+bench: deps build/bench_values
+	./build/bench_values
+
+build/bench_values: bench/bench_values.c kvidx.c kvidx.h
+	@mkdir -p build
+	$(CC) $(WARN) -O2 -g -DNDEBUG -I. bench/bench_values.c kvidx.c -o $@ $(LDLIBS)
+
+# ---- install -------------------------------------------------------------
+
+install: all
+	install -d $(DESTDIR)$(INCDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(LIBDIR)/pkgconfig
+	install -m 644 kvidx.h $(DESTDIR)$(INCDIR)/kvidx.h
+	install -m 644 libkvidx.a $(DESTDIR)$(LIBDIR)/libkvidx.a
+	install -m 755 libkvidx.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libkvidx.so.$(VERSION)
+	ln -sf libkvidx.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libkvidx.so.$(MAJOR)
+	ln -sf libkvidx.so.$(MAJOR) $(DESTDIR)$(LIBDIR)/libkvidx.so
+	install -m 644 kvidx.pc $(DESTDIR)$(LIBDIR)/pkgconfig/kvidx.pc
+
+uninstall:
+	rm -f $(DESTDIR)$(INCDIR)/kvidx.h $(DESTDIR)$(LIBDIR)/libkvidx.a \
+	  $(DESTDIR)$(LIBDIR)/libkvidx.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libkvidx.so.$(MAJOR) \
+	  $(DESTDIR)$(LIBDIR)/libkvidx.so $(DESTDIR)$(LIBDIR)/pkgconfig/kvidx.pc
+
+# The shared library exports kvidx_* and nothing else.
+check-symbols: libkvidx.so.$(VERSION)
+	@bad=$$(nm -D --defined-only libkvidx.so.$(VERSION) | awk '{print $$3}' | grep -v '^kvidx_' || true); \
+	if [ -n "$$bad" ]; then echo "exported symbols outside kvidx_*:"; echo "$$bad"; exit 1; fi; \
+	echo "check-symbols: only kvidx_* exported"
+
+clean:
+	rm -rf build tests/tmp kvidx-demo-data kvidx.o libkvidx.a libkvidx.so* kvidx.pc
+
+help:
+	@echo "make            build libkvidx.a, libkvidx.so.$(VERSION), kvidx.pc"
+	@echo "make demo       build and run examples/quickstart.c (./kvidx-demo-data)"
+	@echo "make test       build and run the tests (ends with 'N passed, N failed')"
+	@echo "make asan       the tests under AddressSanitizer + UBSan"
+	@echo "make tsan       the tests under ThreadSanitizer"
+	@echo "make valgrind   test_api under valgrind memcheck"
+	@echo "make bench      the value benchmark (bench/bench_values.c)"
+	@echo "make install    install to \$$DESTDIR\$$PREFIX (default /usr/local)"
+	@echo "make uninstall  remove what install put there"
+	@echo "make check-symbols  fail if libkvidx.so exports anything but kvidx_*"
+	@echo "make clean      remove build outputs and test data"
+	@echo "Seeds: tests print theirs; KVIDX_SEED=N replays. KVIDX_TEST_DIR sets the scratch dir."

@@ -1,0 +1,1995 @@
+/*
+ * kvidx.c -- an embeddable store for integer-keyed data. See kvidx.h for
+ * the API and docs/FORMAT.md for every byte on disk.
+ *
+ * Copyright (c) 2026 the kvidx authors. BSD-2-Clause, see LICENSE.
+ *
+ * Contents, in the order data flows:
+ *   1. Options and portability    compile-time knobs, includes, byte order
+ *   2. OS layer (os_)             files, mmap, direct IO, locks, memory;
+ *                                 the single place tests inject faults
+ *   3. Checksums and hashing      XXH3 for keys, records, values, headers
+ *   4. The shard's map (lr_)      hash table for point operations and a
+ *                                 B+tree of keys for ordered scans
+ *   5. Value store (vs_)          key log, value log, section buffer,
+ *                                 recovery, the write path, the read path
+ *   6. Shards and the public API  open/close/sync, put/get/delete/scan
+ *   7. Maintenance                stats
+ *
+ * Concurrency (this release): every shard has one mutex that serializes
+ * its writers and its readers; a scan copies a batch of keys and values
+ * out under that mutex and calls back with no lock held. The map and the
+ * value store are written so that the mutex can be replaced by a
+ * Left-Right double map without changing their on-disk behaviour.
+ */
+
+/* ======================================================================
+ * 1. Options and portability
+ * ====================================================================== */
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* O_DIRECT, fallocate, MAP_* on Linux */
+#endif
+
+#include "kvidx.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <time.h>
+#include <dirent.h>
+#include <unistd.h>
+
+#define XXH_INLINE_ALL /* header-only: no link dependency, inlined hashes */
+#include <xxhash.h>
+
+/* Default shard count of a new database (a power of two). */
+#ifndef KVIDX_SHARDS_DEFAULT
+#define KVIDX_SHARDS_DEFAULT 8
+#endif
+
+/* Default background sync period; bounds what a power cut can take. */
+#ifndef KVIDX_SYNC_INTERVAL_DEFAULT
+#define KVIDX_SYNC_INTERVAL_DEFAULT 1000
+#endif
+
+/* Value slots a shard may use. The on-disk slot number is 32 bits with
+ * 0xFFFFFFFF meaning "no slot", so the hard limit is 2^32 - 1; tests build
+ * with a small limit to reach KVIDX_EFULL without writing a terabyte. */
+#ifndef KVIDX_SLOT_LIMIT
+#define KVIDX_SLOT_LIMIT 0xFFFFFFFFull
+#endif
+
+/* Keys per B+tree node. 64 keys = 512 bytes: a node is counted with one
+ * branchless pass the compiler vectorises, and a 1M-key shard is 3 levels. */
+#ifndef KVIDX_BT_CAP
+#define KVIDX_BT_CAP 64
+#endif
+
+/* Keys and values copied per shard per batch by a scan (bounded so a scan
+ * of a 1024-shard database does not allocate megabytes). */
+#ifndef KVIDX_SCAN_BATCH
+#define KVIDX_SCAN_BATCH 2048
+#endif
+
+/* Fixed geometry of format version 1 (written into the header; a database
+ * with other values is refused). */
+#define VS_PAGE 4096u                       /* file header page; alignment of direct IO */
+#define VS_REC 32u                          /* bytes per key record */
+#define VS_SLOT 256u                        /* bytes per value slot = KVIDX_VALUE_MAX */
+#define VS_SEC_SHIFT 16                     /* 65536 records/slots per section */
+#define VS_SEC_N (1u << VS_SEC_SHIFT)
+#define VS_KSEC_BYTES ((uint64_t)VS_SEC_N * VS_REC)  /* 2 MiB key section */
+#define VS_VSEC_BYTES ((uint64_t)VS_SEC_N * VS_SLOT) /* 16 MiB value section */
+#define VS_NOSLOT 0xFFFFFFFFu               /* record without a value slot */
+#define VS_FORMAT 1u                        /* on-disk format version */
+
+/* Disk space is reserved ahead of the mmap'd writes in these steps: a write
+ * into a mapped page the file system cannot back kills the process with
+ * SIGBUS, while fallocate reports ENOSPC as an error we can return. Small
+ * steps keep a fresh database's footprint close to its data. */
+#define VS_KALLOC_STEP ((uint64_t)256 * 1024)  /* key log */
+#define VS_BALLOC_STEP ((uint64_t)1024 * 1024) /* buffer */
+
+/* The value log is mapped read-only in chunks of 64 sections (1 GiB) so
+ * that a growing log never moves an address a reader holds. */
+#define VS_VMAP_SECS 64u
+#define VS_VMAP_BYTES ((uint64_t)VS_VMAP_SECS * VS_VSEC_BYTES)
+#define VS_VMAP_CHUNKS ((uint32_t)(((KVIDX_SLOT_LIMIT >> VS_SEC_SHIFT) + VS_VMAP_SECS) / VS_VMAP_SECS))
+
+#define KVIDX_MAGIC_LIVE 0x6b766964786c6976ull /* "kvidxliv": a live handle */
+#define KVIDX_MAGIC_DEAD 0x6b7669647864656eull /* written by close */
+
+#define KVIDX_FLAGS_ALL (KVIDX_CREATE | KVIDX_RDONLY | KVIDX_SYNC)
+
+/* Little-endian encoding: the format is little-endian on every host. */
+static void put_le16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
+static void put_le32(uint8_t *p, uint32_t v) {
+    put_le16(p, (uint16_t)v);
+    put_le16(p + 2, (uint16_t)(v >> 16));
+}
+static void put_le64(uint8_t *p, uint64_t v) {
+    put_le32(p, (uint32_t)v);
+    put_le32(p + 4, (uint32_t)(v >> 32));
+}
+static uint16_t get_le16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static uint32_t get_le32(const uint8_t *p) {
+    return (uint32_t)get_le16(p) | ((uint32_t)get_le16(p + 2) << 16);
+}
+static uint64_t get_le64(const uint8_t *p) {
+    return (uint64_t)get_le32(p) | ((uint64_t)get_le32(p + 4) << 32);
+}
+
+/* ======================================================================
+ * 2. OS layer
+ *
+ * Every system call and allocation of the library passes through these
+ * functions, so that one place maps errno to kvidx codes and, in test
+ * builds (-DKVIDX_TEST), one hook can make any of them fail.
+ * ====================================================================== */
+
+typedef enum {
+    OS_OPEN, OS_READ, OS_WRITE, OS_SYNC, OS_TRUNC, OS_ALLOC_DISK, OS_MMAP,
+    OS_RENAME, OS_UNLINK, OS_MKDIR, OS_LOCK, OS_MALLOC, OS_OP_COUNT
+} os_op;
+
+#ifdef KVIDX_TEST
+/* Test hook: called before every OS call; a non-zero return is used as the
+ * call's errno and the call is not made. Process-wide on purpose: tests
+ * only, never compiled into the library. */
+static int (*os_fault_hook)(os_op op, const char *what);
+#define OS_FAULT(op, what) (os_fault_hook ? os_fault_hook((op), (what)) : 0)
+#else
+#define OS_FAULT(op, what) 0
+#endif
+
+/* Maps an errno from a failed call to a kvidx code: a full disk is
+ * KVIDX_EFULL (the caller may free space and retry), memory is ENOMEM,
+ * everything else is an I/O error. */
+static int os_code(int err) {
+    switch (err) {
+    case ENOSPC:
+    case EDQUOT: return KVIDX_EFULL;
+    case ENOMEM: return KVIDX_ENOMEM;
+    default: return KVIDX_EIO;
+    }
+}
+
+static void *os_malloc(size_t n) {
+    if (OS_FAULT(OS_MALLOC, "malloc")) return NULL;
+    return malloc(n ? n : 1);
+}
+static void *os_calloc(size_t n, size_t sz) {
+    if (OS_FAULT(OS_MALLOC, "calloc")) return NULL;
+    return calloc(n ? n : 1, sz ? sz : 1);
+}
+static void os_free(void *p) { free(p); }
+
+/* open(2); returns the fd or -errno. */
+static int os_open(int dirfd, const char *name, int flags, int mode) {
+    int e = OS_FAULT(OS_OPEN, name), fd;
+    if (e) return -e;
+    do fd = openat(dirfd, name, flags | O_CLOEXEC, mode);
+    while (fd < 0 && errno == EINTR);
+    return fd < 0 ? -errno : fd;
+}
+
+static void os_close(int fd) {
+    if (fd >= 0) close(fd);
+}
+
+/* Reads exactly n bytes at off; returns 0, or -errno, or -EIO on a short
+ * file (the caller checked the size: a short read means it changed). */
+static int os_pread(int fd, void *buf, size_t n, uint64_t off) {
+    uint8_t *p = buf;
+    int e = OS_FAULT(OS_READ, "pread");
+    if (e) return -e;
+    while (n) {
+        ssize_t r = pread(fd, p, n, (off_t)off);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) return -errno;
+        if (r == 0) return -EIO;
+        p += r, n -= (size_t)r, off += (uint64_t)r;
+    }
+    return 0;
+}
+
+/* Writes exactly n bytes at off; returns 0 or -errno. */
+static int os_pwrite(int fd, const void *buf, size_t n, uint64_t off) {
+    const uint8_t *p = buf;
+    int e = OS_FAULT(OS_WRITE, "pwrite");
+    if (e) return -e;
+    while (n) {
+        ssize_t r = pwrite(fd, p, n, (off_t)off);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) return -errno;
+        if (r == 0) return -EIO;
+        p += r, n -= (size_t)r, off += (uint64_t)r;
+    }
+    return 0;
+}
+
+static int os_fdatasync(int fd) {
+    int e = OS_FAULT(OS_SYNC, "fdatasync");
+    if (e) return -e;
+    return fdatasync(fd) ? -errno : 0;
+}
+
+static int os_fsync(int fd) {
+    int e = OS_FAULT(OS_SYNC, "fsync");
+    if (e) return -e;
+    return fsync(fd) ? -errno : 0;
+}
+
+static int os_ftruncate(int fd, uint64_t size) {
+    int e = OS_FAULT(OS_TRUNC, "ftruncate");
+    if (e) return -e;
+    return ftruncate(fd, (off_t)size) ? -errno : 0;
+}
+
+/* Reserves disk blocks for [off, off+len), growing the file if needed.
+ * Where the file system cannot reserve (EOPNOTSUPP), the file is grown
+ * sparse instead: correct, only without the ENOSPC-before-SIGBUS guard. */
+static int os_fallocate(int fd, uint64_t off, uint64_t len) {
+    int e = OS_FAULT(OS_ALLOC_DISK, "fallocate");
+    struct stat st;
+    if (e) return -e;
+    if (fallocate(fd, 0, (off_t)off, (off_t)len) == 0) return 0;
+    if (errno != EOPNOTSUPP && errno != ENOSYS) return -errno;
+    if (fstat(fd, &st)) return -errno;
+    if ((uint64_t)st.st_size >= off + len) return 0;
+    return ftruncate(fd, (off_t)(off + len)) ? -errno : 0;
+}
+
+/* Gives the blocks of [off, off+len) back to the file system; the range
+ * reads as zeros afterwards. Best effort: failure only costs space. */
+static void os_punch(int fd, uint64_t off, uint64_t len) {
+    if (OS_FAULT(OS_ALLOC_DISK, "punch")) return;
+    (void)fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len);
+}
+
+/* mmap(2) of a file range; returns NULL and sets *err (-errno) on failure. */
+static void *os_mmap(int fd, uint64_t off, uint64_t len, int writable, int *err) {
+    void *p;
+    int e = OS_FAULT(OS_MMAP, "mmap");
+    if (e) {
+        *err = -e;
+        return NULL;
+    }
+    p = mmap(NULL, (size_t)len, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED, fd,
+             (off_t)off);
+    if (p == MAP_FAILED) {
+        *err = -errno;
+        return NULL;
+    }
+    return p;
+}
+
+static void os_munmap(void *p, uint64_t len) {
+    if (p) munmap(p, (size_t)len);
+}
+
+/* msync(MS_SYNC) of a range that starts anywhere in a mapping. */
+static int os_msync(void *p, uint64_t len) {
+    uintptr_t a = (uintptr_t)p & ~(uintptr_t)(VS_PAGE - 1);
+    int e = OS_FAULT(OS_SYNC, "msync");
+    if (e) return -e;
+    len += (uintptr_t)p - a;
+    return msync((void *)a, (size_t)len, MS_SYNC) ? -errno : 0;
+}
+
+static int os_renameat(int dirfd, const char *from, const char *to) {
+    int e = OS_FAULT(OS_RENAME, to);
+    if (e) return -e;
+    return renameat(dirfd, from, dirfd, to) ? -errno : 0;
+}
+
+static int os_mkdir(const char *path) {
+    int e = OS_FAULT(OS_MKDIR, path);
+    if (e) return -e;
+    return mkdir(path, 0755) ? -errno : 0;
+}
+
+/* flock(2), non-blocking: returns 0 or -errno (-EWOULDBLOCK: held). */
+static int os_flock(int fd, int exclusive) {
+    int e = OS_FAULT(OS_LOCK, "flock");
+    if (e) return -e;
+    while (flock(fd, (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB)) {
+        if (errno == EINTR) continue;
+        return -errno;
+    }
+    return 0;
+}
+
+/* Turns O_DIRECT on or off for fd (Linux allows it on an open file). */
+static int os_set_direct(int fd, int on) {
+    int fl, e = OS_FAULT(OS_OPEN, "direct");
+    if (e) return -e;
+    fl = fcntl(fd, F_GETFL);
+    if (fl < 0) return -errno;
+    fl = on ? fl | O_DIRECT : fl & ~O_DIRECT;
+    return fcntl(fd, F_SETFL, fl) ? -errno : 0;
+}
+
+/* Converts 0 or a negative errno from the functions above into a kvidx
+ * code. Only ever applied to -errno values: kvidx codes are negative too,
+ * and -EIO == KVIDX_ELOCKED, so the two must never be mixed. */
+static int os_rc(int r) { return r >= 0 ? r : os_code(-r); }
+
+/* ======================================================================
+ * 3. Checksums and hashing
+ *
+ * One hash function, XXH3-64, with fixed seeds per use so that a record
+ * checksum can never be mistaken for a header checksum.
+ * ====================================================================== */
+
+#define CK_SEED_HDR 0x6b76696478686472ull /* "kvidxhdr" */
+#define CK_SEED_REC 0x6b76696478726563ull /* "kvidxrec" */
+
+/* The hash of a key: its low bits pick the shard, its high bits the slot
+ * in that shard's hash table. Computed over the key's 8 little-endian
+ * bytes so that a database moved to another host keeps its shards. */
+static uint64_t ck_key(uint64_t key) {
+    uint8_t b[8];
+    put_le64(b, key);
+    return XXH3_64bits(b, 8);
+}
+
+/* Checksum of a value: the low 32 bits of XXH3-64 of its bytes. */
+static uint32_t ck_value(const void *val, size_t len) {
+    return (uint32_t)XXH3_64bits(val, len);
+}
+
+static uint64_t ck_seeded(const void *p, size_t n, uint64_t seed) {
+    return XXH3_64bits_withSeed(p, n, seed);
+}
+
+/* ======================================================================
+ * 4. The shard's map (lr_)
+ *
+ * "The shard's ordered map" is two structures kept in step:
+ *   - an open-addressing hash table (linear probing, backward-shift
+ *     deletion, load <= 3/4) from key to entry, for point operations;
+ *   - a B+tree of the keys alone, for ordered scans; only inserts and
+ *     deletes of keys touch it, an overwrite changes the table alone.
+ * Every change that could need memory reserves it first (lr_map_reserve),
+ * so that once the disk write of an operation is done, applying it to the
+ * map cannot fail.
+ * ====================================================================== */
+
+typedef struct lr_ent {
+    uint64_t key;
+    uint32_t slot;  /* value slot in the shard's value log, VS_NOSLOT if len == 0 */
+    uint16_t len;   /* value length 0..256 */
+    uint16_t used;  /* 0: empty cell (tables are zero-initialised) */
+    uint32_t vsum;  /* ck_value of the value's bytes */
+    uint32_t spare; /* keeps the entry at 24 bytes, 8-aligned */
+} lr_ent;
+
+typedef struct lr_ht {
+    lr_ent *cell;
+    uint64_t cap; /* power of two */
+    unsigned bits; /* log2(cap) */
+    uint64_t n;    /* occupied cells */
+} lr_ht;
+
+#define LR_HT_MIN_BITS 4
+
+/* The home cell of a key: the top bits of its hash (the low bits chose
+ * the shard, so the two never correlate). */
+static uint64_t lr_home(const lr_ht *t, uint64_t h) { return h >> (64 - t->bits); }
+
+static int lr_ht_init(lr_ht *t, unsigned bits) {
+    t->cell = os_calloc((size_t)1 << bits, sizeof(lr_ent));
+    if (!t->cell) return KVIDX_ENOMEM;
+    t->bits = bits;
+    t->cap = (uint64_t)1 << bits;
+    t->n = 0;
+    return KVIDX_OK;
+}
+
+static lr_ent *lr_ht_find(const lr_ht *t, uint64_t key, uint64_t h) {
+    uint64_t m = t->cap - 1, i = lr_home(t, h);
+    for (;;) {
+        lr_ent *e = &t->cell[i];
+        if (!e->used) return NULL;
+        if (e->key == key) return e;
+        i = (i + 1) & m;
+    }
+}
+
+/* The cell for key: its own if present, else the empty cell where it goes.
+ * The table must have room (lr_ht_room). */
+static lr_ent *lr_ht_cell(lr_ht *t, uint64_t key, uint64_t h) {
+    uint64_t m = t->cap - 1, i = lr_home(t, h);
+    for (;;) {
+        lr_ent *e = &t->cell[i];
+        if (!e->used || e->key == key) return e;
+        i = (i + 1) & m;
+    }
+}
+
+/* Ensures one more key fits under the 3/4 load bound, doubling if not. */
+static int lr_ht_room(lr_ht *t) {
+    lr_ht nt;
+    uint64_t i;
+    if ((t->n + 1) * 4 <= t->cap * 3) return KVIDX_OK;
+    if (lr_ht_init(&nt, t->bits + 1)) return KVIDX_ENOMEM;
+    for (i = 0; i < t->cap; i++) {
+        const lr_ent *e = &t->cell[i];
+        if (e->used) *lr_ht_cell(&nt, e->key, ck_key(e->key)) = *e;
+    }
+    nt.n = t->n;
+    os_free(t->cell);
+    *t = nt;
+    return KVIDX_OK;
+}
+
+/* Removes the entry at e by shifting later members of its probe run back
+ * (no tombstones: lookups stay as short as the load allows). */
+static void lr_ht_remove(lr_ht *t, lr_ent *e) {
+    uint64_t m = t->cap - 1, i = (uint64_t)(e - t->cell), j = i;
+    for (;;) {
+        uint64_t k;
+        j = (j + 1) & m;
+        if (!t->cell[j].used) break;
+        k = lr_home(t, ck_key(t->cell[j].key));
+        /* Entry j may move to the hole at i unless its home lies
+         * cyclically in (i, j]: then it would become unreachable. */
+        if (i <= j ? (k <= i || k > j) : (k <= i && k > j)) {
+            t->cell[i] = t->cell[j];
+            i = j;
+        }
+    }
+    memset(&t->cell[i], 0, sizeof t->cell[i]);
+    t->n--;
+}
+
+/* B+tree of keys. Internal nodes hold, per child, the largest key below
+ * it; leaves hold keys. Unused cells hold UINT64_MAX, which is never
+ * smaller than a probe, so a rank is one branchless count over all cells
+ * (a real key UINT64_MAX sorts last and is found by position). */
+typedef struct lr_node {
+    uint64_t key[KVIDX_BT_CAP];
+    uint32_t n;    /* keys (leaf) or children (internal) in use */
+    uint32_t leaf; /* 1: leaf */
+    struct lr_node *kid[]; /* internal nodes only */
+} lr_node;
+
+typedef struct lr_bt {
+    lr_node *root;   /* NULL when empty */
+    unsigned height; /* 0 when empty; 1: the root is a leaf */
+    lr_node *spare_leaf; /* free lists, linked through key[0] */
+    lr_node *spare_inner;
+    unsigned nspare_leaf, nspare_inner;
+    uint64_t nleaf, ninner; /* nodes in the tree */
+} lr_bt;
+
+#define LR_LEAF_BYTES (sizeof(lr_node))
+#define LR_INNER_BYTES (sizeof(lr_node) + KVIDX_BT_CAP * sizeof(lr_node *))
+
+/* Number of keys in nd smaller than x. */
+static unsigned lr_rank(const lr_node *nd, uint64_t x) {
+    unsigned i, c = 0;
+    for (i = 0; i < KVIDX_BT_CAP; i++) c += nd->key[i] < x;
+    return c;
+}
+
+static lr_node *lr_node_new(int leaf) {
+    lr_node *nd = os_malloc(leaf ? LR_LEAF_BYTES : LR_INNER_BYTES);
+    unsigned i;
+    if (!nd) return NULL;
+    for (i = 0; i < KVIDX_BT_CAP; i++) nd->key[i] = UINT64_MAX;
+    nd->n = 0;
+    nd->leaf = (uint32_t)leaf;
+    return nd;
+}
+
+static void lr_spare_push(lr_node **list, lr_node *nd) {
+    memcpy(&nd->key[0], list, sizeof *list);
+    *list = nd;
+}
+
+static lr_node *lr_spare_pop(lr_node **list) {
+    lr_node *nd = *list;
+    unsigned i;
+    memcpy(list, &nd->key[0], sizeof *list);
+    for (i = 0; i < KVIDX_BT_CAP; i++) nd->key[i] = UINT64_MAX;
+    nd->n = 0;
+    return nd;
+}
+
+/* An insert splits at most one leaf and one node per internal level, and
+ * may add a root: keep that many nodes in reserve. */
+static int lr_bt_reserve(lr_bt *t) {
+    while (t->nspare_leaf < 1) {
+        lr_node *nd = lr_node_new(1);
+        if (!nd) return KVIDX_ENOMEM;
+        lr_spare_push(&t->spare_leaf, nd);
+        t->nspare_leaf++;
+    }
+    while (t->nspare_inner < t->height + 1) {
+        lr_node *nd = lr_node_new(0);
+        if (!nd) return KVIDX_ENOMEM;
+        lr_spare_push(&t->spare_inner, nd);
+        t->nspare_inner++;
+    }
+    return KVIDX_OK;
+}
+
+static lr_node *lr_bt_take(lr_bt *t, int leaf) {
+    if (leaf) {
+        t->nspare_leaf--, t->nleaf++;
+        return lr_spare_pop(&t->spare_leaf);
+    }
+    t->nspare_inner--, t->ninner++;
+    {
+        lr_node *nd = lr_spare_pop(&t->spare_inner);
+        nd->leaf = 0;
+        return nd;
+    }
+}
+
+static void lr_bt_drop(lr_bt *t, lr_node *nd) {
+    if (nd->leaf) t->nleaf--;
+    else t->ninner--;
+    os_free(nd);
+}
+
+/* Puts (k, c) at position pos of nd, which has room. */
+static void lr_node_insert_at(lr_node *nd, unsigned pos, uint64_t k, lr_node *c) {
+    memmove(&nd->key[pos + 1], &nd->key[pos], (nd->n - pos) * sizeof nd->key[0]);
+    nd->key[pos] = k;
+    if (!nd->leaf) {
+        memmove(&nd->kid[pos + 1], &nd->kid[pos], (nd->n - pos) * sizeof nd->kid[0]);
+        nd->kid[pos] = c;
+    }
+    nd->n++;
+}
+
+/* Inserts (k, c) at pos of the full node nd, splitting it into nd and a
+ * new right sibling, which is returned. An append (pos == CAP) moves only
+ * the new key: ascending inserts, the common case, fill nodes to 100%. */
+static lr_node *lr_node_split_insert(lr_bt *t, lr_node *nd, unsigned pos, uint64_t k,
+                                     lr_node *c) {
+    lr_node *r = lr_bt_take(t, (int)nd->leaf);
+    unsigned keep = pos == KVIDX_BT_CAP ? KVIDX_BT_CAP : KVIDX_BT_CAP / 2, i;
+    r->leaf = nd->leaf;
+    r->n = nd->n - keep;
+    memcpy(r->key, &nd->key[keep], r->n * sizeof nd->key[0]);
+    if (!nd->leaf) memcpy(r->kid, &nd->kid[keep], r->n * sizeof nd->kid[0]);
+    for (i = keep; i < KVIDX_BT_CAP; i++) nd->key[i] = UINT64_MAX;
+    nd->n = keep;
+    if (pos <= keep && pos < KVIDX_BT_CAP) lr_node_insert_at(nd, pos, k, c);
+    else lr_node_insert_at(r, pos - keep, k, c);
+    return r;
+}
+
+/* Inserts the absent key x below nd; returns a new right sibling of nd
+ * if nd split, else NULL. Keeps every parent's per-child maximum exact. */
+static lr_node *lr_bt_ins(lr_bt *t, lr_node *nd, uint64_t x) {
+    unsigned i;
+    lr_node *r;
+    if (nd->leaf) {
+        i = lr_rank(nd, x);
+        if (nd->n < KVIDX_BT_CAP) {
+            lr_node_insert_at(nd, i, x, NULL);
+            return NULL;
+        }
+        return lr_node_split_insert(t, nd, i, x, NULL);
+    }
+    i = lr_rank(nd, x);
+    if (i == nd->n) i--; /* x is a new maximum: it goes to the last child */
+    r = lr_bt_ins(t, nd->kid[i], x);
+    nd->key[i] = nd->kid[i]->key[nd->kid[i]->n - 1];
+    if (!r) return NULL;
+    if (nd->n < KVIDX_BT_CAP) {
+        lr_node_insert_at(nd, i + 1, r->key[r->n - 1], r);
+        return NULL;
+    }
+    return lr_node_split_insert(t, nd, i + 1, r->key[r->n - 1], r);
+}
+
+/* Inserts the absent key x; cannot fail after lr_bt_reserve. */
+static void lr_bt_insert(lr_bt *t, uint64_t x) {
+    lr_node *r, *root;
+    if (!t->root) {
+        t->root = lr_bt_take(t, 1);
+        t->height = 1;
+    }
+    r = lr_bt_ins(t, t->root, x);
+    if (!r) return;
+    root = lr_bt_take(t, 0);
+    root->key[0] = t->root->key[t->root->n - 1];
+    root->kid[0] = t->root;
+    root->key[1] = r->key[r->n - 1];
+    root->kid[1] = r;
+    root->n = 2;
+    t->root = root;
+    t->height++;
+}
+
+/* Removes child i of the internal node nd (the child is already freed). */
+static void lr_node_remove_at(lr_node *nd, unsigned i) {
+    memmove(&nd->key[i], &nd->key[i + 1], (nd->n - i - 1) * sizeof nd->key[0]);
+    if (!nd->leaf) memmove(&nd->kid[i], &nd->kid[i + 1], (nd->n - i - 1) * sizeof nd->kid[0]);
+    nd->n--;
+    nd->key[nd->n] = UINT64_MAX;
+}
+
+/* Deletes the present key x below nd. An emptied child is freed; a child
+ * that fell under a quarter full is merged with a neighbour when both fit
+ * in three quarters of a node, so deletes give memory back. */
+static void lr_bt_del(lr_bt *t, lr_node *nd, uint64_t x) {
+    unsigned i = lr_rank(nd, x), a, b;
+    lr_node *c, *l, *r;
+    if (nd->leaf) {
+        if (i < nd->n && nd->key[i] == x) lr_node_remove_at(nd, i);
+        return;
+    }
+    if (i == nd->n) return; /* absent: larger than everything */
+    c = nd->kid[i];
+    lr_bt_del(t, c, x);
+    if (c->n == 0) {
+        lr_bt_drop(t, c);
+        lr_node_remove_at(nd, i);
+        return;
+    }
+    nd->key[i] = c->key[c->n - 1];
+    if (c->n >= KVIDX_BT_CAP / 4 || nd->n < 2) return;
+    a = i > 0 ? i - 1 : i;
+    b = a + 1;
+    l = nd->kid[a], r = nd->kid[b];
+    if (l->n + r->n > KVIDX_BT_CAP * 3 / 4) return;
+    memcpy(&l->key[l->n], r->key, r->n * sizeof r->key[0]);
+    if (!l->leaf) memcpy(&l->kid[l->n], r->kid, r->n * sizeof r->kid[0]);
+    l->n += r->n;
+    nd->key[a] = l->key[l->n - 1];
+    lr_bt_drop(t, r);
+    lr_node_remove_at(nd, b);
+}
+
+static void lr_bt_delete(lr_bt *t, uint64_t x) {
+    if (!t->root) return;
+    lr_bt_del(t, t->root, x);
+    if (t->root->n == 0) {
+        lr_bt_drop(t, t->root);
+        t->root = NULL;
+        t->height = 0;
+    } else if (!t->root->leaf && t->root->n == 1) {
+        lr_node *old = t->root;
+        t->root = old->kid[0];
+        t->height--;
+        lr_bt_drop(t, old);
+    }
+}
+
+/* Copies up to max keys of [from, to] into out, ascending; returns the
+ * count. O(log n) per leaf visited: the walk re-descends from the root
+ * for the next leaf, so leaves need no sibling links. */
+static size_t lr_bt_collect(const lr_bt *t, uint64_t from, uint64_t to, uint64_t *out,
+                            size_t max) {
+    size_t n = 0;
+    while (n < max && t->root) {
+        const lr_node *nd = t->root;
+        unsigned i;
+        uint64_t last;
+        while (!nd->leaf) {
+            i = lr_rank(nd, from);
+            if (i == nd->n) return n; /* every key is below from */
+            nd = nd->kid[i];
+        }
+        for (i = lr_rank(nd, from); i < nd->n && n < max; i++) {
+            if (nd->key[i] > to) return n;
+            out[n++] = nd->key[i];
+        }
+        last = nd->key[nd->n - 1];
+        if (last >= to) break;
+        from = last + 1;
+    }
+    return n;
+}
+
+static void lr_bt_free_node(lr_node *nd) {
+    unsigned i;
+    if (!nd) return;
+    if (!nd->leaf)
+        for (i = 0; i < nd->n; i++) lr_bt_free_node(nd->kid[i]);
+    os_free(nd);
+}
+
+static void lr_bt_free(lr_bt *t) {
+    lr_bt_free_node(t->root);
+    while (t->nspare_leaf) {
+        t->nspare_leaf--;
+        os_free(lr_spare_pop(&t->spare_leaf));
+    }
+    while (t->nspare_inner) {
+        t->nspare_inner--;
+        os_free(lr_spare_pop(&t->spare_inner));
+    }
+    memset(t, 0, sizeof *t);
+}
+
+/* The map: table + tree. */
+typedef struct lr_map {
+    lr_ht ht;
+    lr_bt bt;
+} lr_map;
+
+static int lr_map_init(lr_map *m) {
+    memset(m, 0, sizeof *m);
+    return lr_ht_init(&m->ht, LR_HT_MIN_BITS);
+}
+
+static void lr_map_free(lr_map *m) {
+    os_free(m->ht.cell);
+    lr_bt_free(&m->bt);
+    memset(m, 0, sizeof *m);
+}
+
+/* Reserves what one lr_map_set may need. */
+static int lr_map_reserve(lr_map *m) {
+    int rc = lr_ht_room(&m->ht);
+    return rc ? rc : lr_bt_reserve(&m->bt);
+}
+
+static const lr_ent *lr_map_get(const lr_map *m, uint64_t key, uint64_t h) {
+    return lr_ht_find(&m->ht, key, h);
+}
+
+/* Sets key's entry to *e; *old receives the previous entry (old->used == 0
+ * if there was none). Needs lr_map_reserve first; cannot fail. */
+static void lr_map_set(lr_map *m, const lr_ent *e, uint64_t h, lr_ent *old) {
+    lr_ent *c = lr_ht_cell(&m->ht, e->key, h);
+    *old = *c;
+    *c = *e;
+    c->used = 1;
+    if (!old->used) {
+        m->ht.n++;
+        lr_bt_insert(&m->bt, e->key);
+    }
+}
+
+/* Removes key; returns 1 and the old entry if it was present. */
+static int lr_map_del(lr_map *m, uint64_t key, uint64_t h, lr_ent *old) {
+    lr_ent *c = lr_ht_find(&m->ht, key, h);
+    if (!c) return 0;
+    *old = *c;
+    lr_ht_remove(&m->ht, c);
+    lr_bt_delete(&m->bt, key);
+    return 1;
+}
+
+/* Bytes of memory the map holds (table, tree and reserves). */
+static uint64_t lr_map_bytes(const lr_map *m) {
+    return m->ht.cap * sizeof(lr_ent) +
+           (m->bt.nleaf + m->bt.nspare_leaf) * (uint64_t)LR_LEAF_BYTES +
+           (m->bt.ninner + m->bt.nspare_inner) * (uint64_t)LR_INNER_BYTES;
+}
+
+/* Sorts n keys ascending: LSD radix, 8 bits a pass, passes on which every
+ * key has the same byte skipped (dense key ranges cost few passes).
+ * tmp holds n keys. O(n) where a comparison sort would be O(n log n): the
+ * tree of a 10M-key database is rebuilt from a sorted array at open. */
+static void lr_sort_keys(uint64_t *a, uint64_t *tmp, size_t n) {
+    uint64_t *src = a, *dst = tmp, *t;
+    unsigned shift;
+    for (shift = 0; shift < 64 && n; shift += 8) {
+        size_t cnt[256] = {0}, i, sum = 0;
+        for (i = 0; i < n; i++) cnt[(src[i] >> shift) & 0xFF]++;
+        if (cnt[(src[0] >> shift) & 0xFF] == n) continue;
+        for (i = 0; i < 256; i++) {
+            size_t c = cnt[i];
+            cnt[i] = sum;
+            sum += c;
+        }
+        for (i = 0; i < n; i++) dst[cnt[(src[i] >> shift) & 0xFF]++] = src[i];
+        t = src, src = dst, dst = t;
+    }
+    if (src != a) memcpy(a, src, n * sizeof *a);
+}
+
+/* Builds the tree from the keys of the table (after recovery). */
+static int lr_map_build_tree(lr_map *m) {
+    uint64_t *keys, *tmp, i, n = 0;
+    int rc = KVIDX_OK;
+    if (m->ht.n == 0) return KVIDX_OK;
+    keys = os_malloc(m->ht.n * sizeof *keys);
+    tmp = os_malloc(m->ht.n * sizeof *tmp);
+    if (!keys || !tmp) rc = KVIDX_ENOMEM;
+    for (i = 0; !rc && i < m->ht.cap; i++)
+        if (m->ht.cell[i].used) keys[n++] = m->ht.cell[i].key;
+    if (!rc) lr_sort_keys(keys, tmp, n);
+    for (i = 0; !rc && i < n; i++) {
+        rc = lr_bt_reserve(&m->bt);
+        if (!rc) lr_bt_insert(&m->bt, keys[i]);
+    }
+    os_free(keys);
+    os_free(tmp);
+    return rc;
+}
+
+/* ======================================================================
+ * 5. Value store (vs_)
+ *
+ * Per shard and generation g (docs/FORMAT.md has every byte):
+ *   sNNNN.g.k  key log: a 4 KiB header page, then 32-byte records in
+ *              sections of 65536; the section being written is mmap'd.
+ *   sNNNN.g.v  value log: a header page, then 16 MiB sections of 65536
+ *              256-byte slots, written whole with O_DIRECT and read
+ *              through read-only mappings.
+ *   sNNNN.g.b  buffer: a header page holding two copies of the shard's
+ *              state (which section the buffer holds, the durable prefix
+ *              of the key log, the open epoch), then the 16 MiB section
+ *              being filled, mmap'd read-write.
+ *
+ * A put copies the value into the buffer, then appends its record: a
+ * process that dies between the two leaves an unreferenced slot, never a
+ * record without its value. A full buffer is written to the value log,
+ * synced, and only then does the state say the buffer holds the next
+ * section. Recovery replays the key log up to the first record that fails
+ * its checks; before the durable prefix that is damage (KVIDX_ECORRUPT),
+ * after it a torn tail (dropped).
+ * ====================================================================== */
+
+typedef struct vs_rec {
+    uint64_t key;
+    uint32_t slot; /* VS_NOSLOT: tombstone or empty value */
+    uint16_t len;
+    uint16_t flags;
+    uint32_t vsum;
+    uint32_t epoch; /* the shard's open epoch when it was written */
+} vs_rec;
+
+#define VS_F_TOMB 0x1u   /* the key was deleted */
+#define VS_F_KNOWN 0x1u  /* bits 1 (batch member) and 2 (batch commit) are reserved, zero */
+
+/* The shard's state, stored twice in the buffer's header page. */
+typedef struct vs_state {
+    uint64_t seq;     /* the copy with the higher seq is current */
+    uint64_t section; /* the value section the buffer holds; all below are in the log */
+    uint64_t synced;  /* key-log records known durable (a lower bound) */
+    uint32_t epoch;   /* bumped at every read-write open */
+} vs_state;
+
+#define VS_STATE_SLOT 512u /* second copy one sector after the first */
+
+static const char VS_MAGIC_DB[8] = {'K', 'V', 'I', 'D', 'X', 'H', 'D', 'R'};
+static const char VS_MAGIC_K[8] = {'K', 'V', 'I', 'D', 'X', 'K', 'E', 'Y'};
+static const char VS_MAGIC_V[8] = {'K', 'V', 'I', 'D', 'X', 'V', 'A', 'L'};
+static const char VS_MAGIC_B[8] = {'K', 'V', 'I', 'D', 'X', 'B', 'U', 'F'};
+
+typedef struct vs_shard {
+    pthread_mutex_t mu; /* serializes writers; this release also readers */
+    lr_map map;
+    uint32_t id, gen;
+    int kfd, vfd, bfd;
+    int vdirect;           /* vfd writes use O_DIRECT */
+    uint8_t *kmap;         /* the key section being written (read-write) */
+    uint64_t ksec;         /* its index; UINT64_MAX: none mapped */
+    uint64_t kpos;         /* records in the key log = position of the next */
+    uint64_t kalloc;       /* record bytes the key log has reserved on disk */
+    uint8_t *bmap;         /* the whole buffer file: header page + section */
+    uint64_t bsec;         /* = st.section */
+    uint64_t balloc;       /* buffer bytes reserved on disk since the last flush */
+    uint64_t next_slot;    /* the next value slot */
+    vs_state st;           /* current state (the copy at hslot) */
+    unsigned hslot;        /* 0 or 1 */
+    unsigned st_dirty;     /* st was written without a sync since */
+    uint8_t **vmap;        /* VS_VMAP_CHUNKS read-only mappings of the value log */
+    uint64_t live_slots;   /* slots live keys point to */
+    uint64_t value_bytes;  /* sum of live value lengths */
+    uint64_t durable;      /* kpos covered by the last completed sync */
+    uint64_t puts, deletes, flushes;
+    int err;               /* sticky write error (KVIDX_EIO) */
+} vs_shard;
+
+struct kvidx {
+    uint64_t magic; /* KVIDX_MAGIC_LIVE while open */
+    uint32_t flags; /* open flags */
+    uint32_t nshards;
+    int dirfd, lockfd;
+    kvidx_options opt;
+    vs_shard *sh;
+    pthread_mutex_t bg_mu; /* background sync thread: stop flag and wakeup */
+    pthread_cond_t bg_cv;
+    pthread_t bg;
+    int bg_started, bg_stop;
+    uint64_t syncs; /* completed syncs; atomic */
+};
+
+/* One warning line to the application's log (or stderr). */
+static void db_log(const kvidx *db, const char *fmt, ...) {
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (db->opt.log) db->opt.log(db->opt.log_ud, msg);
+    else fprintf(stderr, "kvidx: %s\n", msg);
+}
+
+static void vs_name(char *buf, size_t n, uint32_t shard, uint32_t gen, char ext) {
+    snprintf(buf, n, "s%04u.%u.%c", (unsigned)shard, (unsigned)gen, ext);
+}
+
+/* Records a write-path I/O error: the shard refuses writes from now on
+ * (after a failed sync the kernel may have dropped the dirty pages, so
+ * carrying on would acknowledge writes that can vanish). A full disk is
+ * not sticky: nothing was written and a retry after freeing space works. */
+static int vs_fail(vs_shard *s, int rc) {
+    if (rc == KVIDX_EIO) s->err = rc;
+    return rc;
+}
+
+static void vs_rec_encode(uint8_t *p, const vs_rec *r) {
+    put_le64(p, r->key);
+    put_le32(p + 8, r->slot);
+    put_le16(p + 12, r->len);
+    put_le16(p + 14, r->flags);
+    put_le32(p + 16, r->vsum);
+    put_le32(p + 20, r->epoch);
+    put_le64(p + 24, ck_seeded(p, 24, CK_SEED_REC));
+}
+
+/* Returns 1 if the 32 bytes at p are a record with a valid checksum. */
+static int vs_rec_decode(const uint8_t *p, vs_rec *r) {
+    if (get_le64(p + 24) != ck_seeded(p, 24, CK_SEED_REC)) return 0;
+    r->key = get_le64(p);
+    r->slot = get_le32(p + 8);
+    r->len = get_le16(p + 12);
+    r->flags = get_le16(p + 14);
+    r->vsum = get_le32(p + 16);
+    r->epoch = get_le32(p + 20);
+    return 1;
+}
+
+/* The 64-byte header of a .k or .v file (and the common part of a state
+ * copy): magic, format, shard, shards, generation. */
+static void vs_fhdr_encode(uint8_t *p, const char *magic, uint32_t shard, uint32_t shards,
+                           uint32_t gen) {
+    memset(p, 0, 64);
+    memcpy(p, magic, 8);
+    put_le32(p + 8, VS_FORMAT);
+    put_le32(p + 12, shard);
+    put_le32(p + 16, shards);
+    put_le32(p + 20, gen);
+}
+
+static void vs_hdr_seal(uint8_t *p) { put_le64(p + 56, ck_seeded(p, 56, CK_SEED_HDR)); }
+
+/* Checks a 64-byte header: magic, then format (a newer one may lay out the
+ * rest differently, so it is refused before the checksum is trusted),
+ * then checksum and identity. */
+static int vs_fhdr_check(const uint8_t *p, const char *magic, uint32_t shard, uint32_t shards,
+                         uint32_t gen) {
+    if (memcmp(p, magic, 8)) return KVIDX_ECORRUPT;
+    if (get_le32(p + 8) > VS_FORMAT) return KVIDX_EVERSION;
+    if (get_le64(p + 56) != ck_seeded(p, 56, CK_SEED_HDR)) return KVIDX_ECORRUPT;
+    if (get_le32(p + 8) != VS_FORMAT || get_le32(p + 12) != shard ||
+        get_le32(p + 16) != shards || get_le32(p + 20) != gen)
+        return KVIDX_ECORRUPT;
+    return KVIDX_OK;
+}
+
+static void vs_state_encode(uint8_t *p, const vs_shard *s, uint32_t shards, const vs_state *st) {
+    uint8_t b[64];
+    vs_fhdr_encode(b, VS_MAGIC_B, s->id, shards, s->gen);
+    put_le64(b + 24, st->seq);
+    put_le64(b + 32, st->section);
+    put_le64(b + 40, st->synced);
+    put_le32(b + 48, st->epoch);
+    vs_hdr_seal(b);
+    memcpy(p, b, 64); /* one copy into the mapping: a torn copy fails its checksum */
+}
+
+static int vs_state_decode(const uint8_t *p, const vs_shard *s, uint32_t shards, vs_state *st) {
+    int rc = vs_fhdr_check(p, VS_MAGIC_B, s->id, shards, s->gen);
+    if (rc) return rc;
+    st->seq = get_le64(p + 24);
+    st->section = get_le64(p + 32);
+    st->synced = get_le64(p + 40);
+    st->epoch = get_le32(p + 48);
+    if (st->section > (KVIDX_SLOT_LIMIT >> VS_SEC_SHIFT)) return KVIDX_ECORRUPT;
+    return KVIDX_OK;
+}
+
+/* Loads the newer valid copy of the state. */
+static int vs_state_load(vs_shard *s, uint32_t shards) {
+    vs_state a, b;
+    int ra = vs_state_decode(s->bmap, s, shards, &a);
+    int rb = vs_state_decode(s->bmap + VS_STATE_SLOT, s, shards, &b);
+    if (ra == KVIDX_OK && (rb != KVIDX_OK || a.seq >= b.seq)) s->st = a, s->hslot = 0;
+    else if (rb == KVIDX_OK) s->st = b, s->hslot = 1;
+    else return ra == KVIDX_EVERSION || rb == KVIDX_EVERSION ? KVIDX_EVERSION : KVIDX_ECORRUPT;
+    return KVIDX_OK;
+}
+
+/* Writes s->st (with the next seq) over the older copy, so the newer one
+ * stays intact if this write tears; durable: msync before returning. */
+static int vs_state_write(vs_shard *s, uint32_t shards, int durable) {
+    uint8_t *p = s->bmap + (s->hslot ? 0 : VS_STATE_SLOT);
+    int r;
+    s->st.seq++;
+    vs_state_encode(p, s, shards, &s->st);
+    s->hslot ^= 1;
+    s->st_dirty = !durable;
+    if (!durable) return KVIDX_OK;
+    r = os_msync(p, 64);
+    return r ? vs_fail(s, os_rc(r)) : KVIDX_OK;
+}
+
+/* Creates one file of a new shard: its header page, then size bytes in
+ * all (sparse), synced. */
+static int vs_create_file(int dirfd, const char *name, const uint8_t *page, uint64_t size) {
+    int fd = os_open(dirfd, name, O_RDWR | O_CREAT | O_TRUNC, 0644), r;
+    if (fd < 0) return os_rc(fd);
+    r = os_pwrite(fd, page, VS_PAGE, 0);
+    if (!r && size > VS_PAGE) r = os_ftruncate(fd, size);
+    if (!r) r = os_fsync(fd);
+    os_close(fd);
+    return os_rc(r);
+}
+
+/* Creates the files of generation gen of shard id, empty. */
+static int vs_create_shard(kvidx *db, uint32_t id, uint32_t gen) {
+    uint8_t page[VS_PAGE];
+    char name[32];
+    vs_shard tmp;
+    vs_state st = {1, 0, 0, 0};
+    int rc;
+    memset(&tmp, 0, sizeof tmp);
+    tmp.id = id, tmp.gen = gen;
+    memset(page, 0, sizeof page);
+    vs_fhdr_encode(page, VS_MAGIC_K, id, db->nshards, gen);
+    vs_hdr_seal(page);
+    vs_name(name, sizeof name, id, gen, 'k');
+    if ((rc = vs_create_file(db->dirfd, name, page, VS_PAGE))) return rc;
+    vs_fhdr_encode(page, VS_MAGIC_V, id, db->nshards, gen);
+    vs_hdr_seal(page);
+    vs_name(name, sizeof name, id, gen, 'v');
+    if ((rc = vs_create_file(db->dirfd, name, page, VS_PAGE))) return rc;
+    memset(page, 0, 64);
+    vs_state_encode(page, &tmp, db->nshards, &st);
+    vs_name(name, sizeof name, id, gen, 'b');
+    return vs_create_file(db->dirfd, name, page, VS_PAGE + VS_VSEC_BYTES);
+}
+
+/* Address of a value slot: the buffer for the section it holds, else the
+ * read-only mapping of the value log. */
+static const uint8_t *vs_slot_ptr(const vs_shard *s, uint32_t slot) {
+    uint64_t sec = slot >> VS_SEC_SHIFT, in = (uint64_t)(slot & (VS_SEC_N - 1)) * VS_SLOT;
+    if (sec == s->bsec) return s->bmap + VS_PAGE + in;
+    return s->vmap[sec / VS_VMAP_SECS] + (sec % VS_VMAP_SECS) * VS_VSEC_BYTES + in;
+}
+
+/* Maps the value-log chunk holding section sec if it is not mapped yet.
+ * A chunk is mapped at its full 1 GiB even where the file is shorter:
+ * only slots of written sections are ever read, and the addresses of a
+ * chunk never change while the handle lives. */
+static int vs_vmap_ensure(vs_shard *s, uint64_t sec) {
+    uint64_t c = sec / VS_VMAP_SECS;
+    int err = 0;
+    if (s->vmap[c]) return KVIDX_OK;
+    s->vmap[c] = os_mmap(s->vfd, VS_PAGE + c * VS_VMAP_BYTES, VS_VMAP_BYTES, 0, &err);
+    return s->vmap[c] ? KVIDX_OK : os_rc(err);
+}
+
+/* Reserves disk blocks so that [0, need) of an area that has reserved
+ * *have bytes is backed, in steps of step bytes. */
+static int vs_reserve(int fd, uint64_t base, uint64_t *have, uint64_t need, uint64_t step) {
+    uint64_t to;
+    int r;
+    if (need <= *have) return KVIDX_OK;
+    to = (need + step - 1) / step * step;
+    r = os_fallocate(fd, base + *have, to - *have);
+    if (r) return os_rc(r);
+    *have = to;
+    return KVIDX_OK;
+}
+
+/* Writes the full buffer to its place in the value log and syncs it,
+ * then records that the buffer holds the next section (durably, so that
+ * its new values can never be taken for the old section's after a power
+ * cut), and gives the buffer's blocks back to the file system. */
+static int vs_flush(kvidx *db, vs_shard *s) {
+    uint64_t off = VS_PAGE + s->bsec * VS_VSEC_BYTES;
+    int r = vs_vmap_ensure(s, s->bsec);
+    if (r) return r;
+    r = os_pwrite(s->vfd, s->bmap + VS_PAGE, VS_VSEC_BYTES, off);
+    if (r == -EINVAL && s->vdirect) {
+        /* The file system accepted O_DIRECT at open but refuses this
+         * write: fall back to buffered IO for good. */
+        r = os_set_direct(s->vfd, 0);
+        if (!r) {
+            s->vdirect = 0;
+            db_log(db, "shard %u: O_DIRECT write refused, value log falls back to buffered IO",
+                   (unsigned)s->id);
+            r = os_pwrite(s->vfd, s->bmap + VS_PAGE, VS_VSEC_BYTES, off);
+        }
+    }
+    if (!r) r = os_fdatasync(s->vfd);
+    if (r) return vs_fail(s, os_rc(r));
+    s->st.section = s->bsec + 1;
+    r = vs_state_write(s, db->nshards, 1);
+    if (r) return r;
+    s->bsec++;
+    os_punch(s->bfd, VS_PAGE, VS_VSEC_BYTES);
+    s->balloc = 0;
+    s->flushes++;
+    return KVIDX_OK;
+}
+
+/* Makes room for one record at kpos: maps its section, reserves disk. */
+static int vs_key_room(vs_shard *s) {
+    uint64_t sec = s->kpos >> VS_SEC_SHIFT;
+    int err = 0;
+    if (sec != s->ksec) {
+        uint8_t *p = os_mmap(s->kfd, VS_PAGE + sec * VS_KSEC_BYTES, VS_KSEC_BYTES, 1, &err);
+        if (!p) return vs_fail(s, os_rc(err));
+        os_munmap(s->kmap, VS_KSEC_BYTES);
+        s->kmap = p;
+        s->ksec = sec;
+    }
+    return vs_fail(s, vs_reserve(s->kfd, VS_PAGE, &s->kalloc, (s->kpos + 1) * VS_REC,
+                                 VS_KALLOC_STEP));
+}
+
+/* Makes room for one value at next_slot: flushes a full buffer, reserves. */
+static int vs_value_room(kvidx *db, vs_shard *s) {
+    int r;
+    if (s->next_slot >= KVIDX_SLOT_LIMIT) return KVIDX_EFULL;
+    if ((s->next_slot >> VS_SEC_SHIFT) != s->bsec && (r = vs_flush(db, s))) return r;
+    return vs_fail(s, vs_reserve(s->bfd, VS_PAGE, &s->balloc,
+                                 ((s->next_slot & (VS_SEC_N - 1)) + 1) * VS_SLOT,
+                                 VS_BALLOC_STEP));
+}
+
+/* Appends r to the key log (room was made). */
+static void vs_append(vs_shard *s, const vs_rec *r) {
+    uint8_t b[VS_REC];
+    vs_rec_encode(b, r);
+    memcpy(s->kmap + (s->kpos & (VS_SEC_N - 1)) * VS_REC, b, VS_REC);
+    s->kpos++;
+}
+
+static void vs_account(vs_shard *s, const lr_ent *old, int sign) {
+    if (!old->used) return;
+    if (old->slot != VS_NOSLOT) s->live_slots += (uint64_t)(int64_t)sign;
+    s->value_bytes += (uint64_t)((int64_t)sign * old->len);
+}
+
+/* The write path of a put; the caller holds s->mu. */
+static int vs_put(kvidx *db, vs_shard *s, uint64_t key, uint64_t h, const void *val, size_t len) {
+    vs_rec r;
+    lr_ent e, old;
+    int rc;
+    if (s->err) return s->err;
+    if ((rc = lr_map_reserve(&s->map))) return rc;
+    if (len && (rc = vs_value_room(db, s))) return rc;
+    if ((rc = vs_key_room(s))) return rc;
+    r.key = key;
+    r.len = (uint16_t)len;
+    r.flags = 0;
+    r.epoch = s->st.epoch;
+    if (len) {
+        uint8_t *dst = s->bmap + VS_PAGE + (s->next_slot & (VS_SEC_N - 1)) * VS_SLOT;
+        memcpy(dst, val, len);
+        r.slot = (uint32_t)s->next_slot++;
+        r.vsum = ck_value(dst, len); /* of the stored bytes: what reads verify */
+    } else {
+        r.slot = VS_NOSLOT;
+        r.vsum = ck_value(NULL, 0);
+    }
+    vs_append(s, &r);
+    memset(&e, 0, sizeof e);
+    e.key = key, e.slot = r.slot, e.len = r.len, e.vsum = r.vsum;
+    lr_map_set(&s->map, &e, h, &old);
+    vs_account(s, &old, -1);
+    vs_account(s, &e, 1);
+    s->puts++;
+    return KVIDX_OK;
+}
+
+/* The write path of a delete; the caller holds s->mu. */
+static int vs_del(vs_shard *s, uint64_t key, uint64_t h) {
+    vs_rec r;
+    lr_ent old = {0, 0, 0, 0, 0, 0};
+    int rc;
+    if (s->err) return s->err;
+    if (!lr_map_get(&s->map, key, h)) return KVIDX_NOTFOUND;
+    if ((rc = vs_key_room(s))) return rc;
+    r.key = key, r.slot = VS_NOSLOT, r.len = 0, r.flags = VS_F_TOMB, r.vsum = 0;
+    r.epoch = s->st.epoch;
+    vs_append(s, &r);
+    lr_map_del(&s->map, key, h, &old);
+    vs_account(s, &old, -1);
+    s->deletes++;
+    return KVIDX_OK;
+}
+
+/* Copies the value of e into buf and verifies the copy: what the caller
+ * gets is exactly what was checked. */
+static int vs_read(const vs_shard *s, const lr_ent *e, void *buf, size_t cap, size_t *len) {
+    if (e->len > cap) {
+        *len = e->len;
+        return KVIDX_ETOOBIG;
+    }
+    if (e->len) {
+        memcpy(buf, vs_slot_ptr(s, e->slot), e->len);
+        if (ck_value(buf, e->len) != e->vsum) return KVIDX_ECORRUPT;
+    }
+    *len = e->len;
+    return KVIDX_OK;
+}
+
+/* Makes the shard's writes so far durable: the buffer (values, state) and
+ * the key log; then raises the durable prefix in the state, which the
+ * next sync of the buffer file persists (it only ever lags). Runs without
+ * the mutex during the syncs: writers go on meanwhile. */
+static int vs_sync(kvidx *db, vs_shard *s) {
+    uint64_t pos;
+    int r;
+    pthread_mutex_lock(&s->mu);
+    r = s->err;
+    pos = s->kpos;
+    if (!r && pos == s->durable) r = 1; /* nothing new */
+    pthread_mutex_unlock(&s->mu);
+    if (r) return r < 0 ? r : KVIDX_OK;
+    r = os_fdatasync(s->bfd);
+    if (!r) r = os_fdatasync(s->kfd);
+    pthread_mutex_lock(&s->mu);
+    if (r) {
+        r = vs_fail(s, os_rc(r));
+    } else {
+        if (pos > s->st.synced) {
+            s->st.synced = pos;
+            vs_state_write(s, db->nshards, 0);
+        }
+        if (pos > s->durable) s->durable = pos;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return r;
+}
+
+/* Checks a replayed record against what the log may hold at this point. */
+static int vs_rec_sane(const vs_shard *s, const vs_rec *r, uint32_t prev_epoch,
+                       uint64_t last_slot) {
+    if (r->flags & ~VS_F_KNOWN) return 0;
+    if (r->epoch < prev_epoch || r->epoch > s->st.epoch) return 0; /* stale or future */
+    if (r->len > VS_SLOT) return 0;
+    if (r->flags & VS_F_TOMB) return r->slot == VS_NOSLOT && r->len == 0;
+    if (r->len == 0) return r->slot == VS_NOSLOT;
+    return r->slot != VS_NOSLOT && r->slot < KVIDX_SLOT_LIMIT &&
+           (last_slot == UINT64_MAX || r->slot > last_slot) &&
+           (r->slot >> VS_SEC_SHIFT) <= s->bsec;
+}
+
+/* Rebuilds the shard's table from its key log (newest record wins,
+ * tombstones remove). Stops at the first record that fails its checksum
+ * or its checks: inside the durable prefix that is KVIDX_ECORRUPT, after
+ * it a torn tail. A record past the durable prefix whose value lives in
+ * the buffer must also find its value intact (a power cut may have
+ * persisted the record but not the value page). */
+static int vs_replay(vs_shard *s, uint64_t fsize, int rw) {
+    const uint64_t chunk = 32768; /* records per read: 1 MiB */
+    uint64_t nrec = (fsize - VS_PAGE) / VS_REC, pos = 0, last_slot = UINT64_MAX, i;
+    uint32_t prev_epoch = 0;
+    uint8_t *buf = os_malloc(chunk * VS_REC);
+    int rc = KVIDX_OK, torn = 0;
+    if (!buf) return KVIDX_ENOMEM;
+    while (pos < nrec && !torn && !rc) {
+        uint64_t n = nrec - pos < chunk ? nrec - pos : chunk;
+        int r = os_pread(s->kfd, buf, n * VS_REC, VS_PAGE + pos * VS_REC);
+        if (r) {
+            rc = os_rc(r);
+            break;
+        }
+        for (i = 0; i < n; i++, pos++) {
+            vs_rec rec;
+            lr_ent *c;
+            int ok = vs_rec_decode(buf + i * VS_REC, &rec) &&
+                     vs_rec_sane(s, &rec, prev_epoch, last_slot);
+            if (ok && rec.slot != VS_NOSLOT && pos >= s->st.synced &&
+                (rec.slot >> VS_SEC_SHIFT) == s->bsec)
+                ok = ck_value(vs_slot_ptr(s, rec.slot), rec.len) == rec.vsum;
+            if (!ok) {
+                if (pos < s->st.synced) rc = KVIDX_ECORRUPT;
+                else torn = 1;
+                break;
+            }
+            prev_epoch = rec.epoch;
+            if (rec.slot != VS_NOSLOT) last_slot = rec.slot;
+            if (rec.flags & VS_F_TOMB) {
+                c = lr_ht_find(&s->map.ht, rec.key, ck_key(rec.key));
+                if (c) lr_ht_remove(&s->map.ht, c);
+                continue;
+            }
+            if ((rc = lr_ht_room(&s->map.ht))) break;
+            c = lr_ht_cell(&s->map.ht, rec.key, ck_key(rec.key));
+            if (!c->used) s->map.ht.n++;
+            c->key = rec.key, c->slot = rec.slot, c->len = rec.len, c->vsum = rec.vsum;
+            c->used = 1;
+        }
+    }
+    if (!rc && pos < s->st.synced) rc = KVIDX_ECORRUPT; /* the log is shorter than its durable prefix */
+    if (!rc && rw && pos < nrec) {
+        /* Clear the dropped tail so that no stale record survives past
+         * the new end (the epoch check guards a power cut that undoes
+         * this: records written after it carry a higher epoch). */
+        uint64_t at = VS_PAGE + pos * VS_REC;
+        memset(buf, 0, chunk * VS_REC);
+        while (!rc && at < fsize) {
+            uint64_t n = fsize - at < chunk * VS_REC ? fsize - at : chunk * VS_REC;
+            rc = os_rc(os_pwrite(s->kfd, buf, n, at));
+            at += n;
+        }
+    }
+    os_free(buf);
+    if (rc) return rc;
+    s->kpos = pos;
+    s->kalloc = fsize - VS_PAGE;
+    s->next_slot = last_slot == UINT64_MAX ? 0 : last_slot + 1;
+    if (s->next_slot < s->bsec << VS_SEC_SHIFT) s->next_slot = s->bsec << VS_SEC_SHIFT;
+    for (i = 0; i < s->map.ht.cap; i++) {
+        const lr_ent *e = &s->map.ht.cell[i];
+        vs_account(s, e, 1);
+    }
+    return lr_map_build_tree(&s->map);
+}
+
+/* Opens a file of the shard; a missing file is damage, not absence. */
+static int vs_open_file(kvidx *db, vs_shard *s, char ext, int rw, int *fd, uint64_t *size) {
+    char name[32];
+    struct stat st;
+    vs_name(name, sizeof name, s->id, s->gen, ext);
+    *fd = os_open(db->dirfd, name, rw ? O_RDWR : O_RDONLY, 0);
+    if (*fd < 0) return *fd == -ENOENT ? KVIDX_ECORRUPT : os_rc(*fd);
+    if (fstat(*fd, &st)) return os_rc(-errno);
+    *size = (uint64_t)st.st_size;
+    return KVIDX_OK;
+}
+
+/* Reads and checks the header page of a .k or .v file. */
+static int vs_check_fhdr(kvidx *db, vs_shard *s, int fd, uint64_t size, const char *magic) {
+    uint8_t h[64];
+    int r;
+    if (size < VS_PAGE) return KVIDX_ECORRUPT;
+    r = os_pread(fd, h, sizeof h, 0);
+    if (r) return os_rc(r);
+    return vs_fhdr_check(h, magic, s->id, db->nshards, s->gen);
+}
+
+/* Opens shard s (id and gen set): maps the buffer, loads the state,
+ * checks the value log, replays the key log; read-write handles then
+ * start a new epoch. On error the caller releases what was set up. */
+static int vs_open_shard(kvidx *db, vs_shard *s) {
+    int rw = !(db->flags & KVIDX_RDONLY), rc, err = 0;
+    uint64_t bsize, vsize, ksize, need, sec;
+    if ((rc = vs_open_file(db, s, 'b', rw, &s->bfd, &bsize))) return rc;
+    if (bsize != VS_PAGE + VS_VSEC_BYTES) return KVIDX_ECORRUPT;
+    s->bmap = os_mmap(s->bfd, 0, bsize, rw, &err);
+    if (!s->bmap) return os_rc(err);
+    if ((rc = vs_state_load(s, db->nshards))) return rc;
+    s->bsec = s->st.section;
+
+    if ((rc = vs_open_file(db, s, 'v', rw, &s->vfd, &vsize))) return rc;
+    if ((rc = vs_check_fhdr(db, s, s->vfd, vsize, VS_MAGIC_V))) return rc;
+    need = VS_PAGE + s->bsec * VS_VSEC_BYTES;
+    if (vsize < need) return KVIDX_ECORRUPT; /* a section the state calls flushed is missing */
+    if (rw && vsize > need && (rc = os_rc(os_ftruncate(s->vfd, need)))) return rc; /* an interrupted flush */
+    for (sec = 0; sec < s->bsec; sec += VS_VMAP_SECS)
+        if ((rc = vs_vmap_ensure(s, sec))) return rc;
+    if (rw) {
+        int r = os_set_direct(s->vfd, 1);
+        s->vdirect = r == 0;
+        if (r) db_log(db, "shard %u: O_DIRECT refused by the file system, value log uses buffered IO",
+                      (unsigned)s->id);
+    }
+
+    if ((rc = vs_open_file(db, s, 'k', rw, &s->kfd, &ksize))) return rc;
+    if ((rc = vs_check_fhdr(db, s, s->kfd, ksize, VS_MAGIC_K))) return rc;
+    if ((rc = vs_replay(s, ksize, rw))) return rc;
+    s->durable = s->st.synced;
+    if (rw) {
+        /* A new epoch before any write of this handle: records it writes
+         * can never be confused with stale ones of an earlier session. */
+        if (s->st.epoch == UINT32_MAX) return KVIDX_EFULL;
+        s->st.epoch++;
+        if ((rc = vs_state_write(s, db->nshards, 1))) return rc;
+    }
+    return KVIDX_OK;
+}
+
+/* Unmaps and closes whatever of s was set up; frees its map. */
+static void vs_release_shard(vs_shard *s) {
+    uint32_t c;
+    os_munmap(s->kmap, VS_KSEC_BYTES);
+    os_munmap(s->bmap, VS_PAGE + VS_VSEC_BYTES);
+    if (s->vmap)
+        for (c = 0; c < VS_VMAP_CHUNKS; c++) os_munmap(s->vmap[c], VS_VMAP_BYTES);
+    os_free(s->vmap);
+    os_close(s->kfd);
+    os_close(s->vfd);
+    os_close(s->bfd);
+    lr_map_free(&s->map);
+    pthread_mutex_destroy(&s->mu);
+    s->kmap = s->bmap = NULL;
+    s->vmap = NULL;
+    s->kfd = s->vfd = s->bfd = -1;
+}
+
+/* ======================================================================
+ * 6. Shards and the public API
+ * ====================================================================== */
+
+#define DB_HDR_NAME "kvidx.hdr"
+#define DB_HDR_TMP "kvidx.hdr.tmp"
+#define DB_LOCK_NAME "kvidx.lock"
+#define DB_HDR_INCOMPLETE 0x1u /* creation has not finished: redo it */
+
+const char *kvidx_version(void) { return KVIDX_VERSION_STRING; }
+
+const char *kvidx_strerror(int rc) {
+    switch (rc) {
+    case KVIDX_OK: return "ok";
+    case KVIDX_NOTFOUND: return "not found";
+    case KVIDX_EINVAL: return "invalid argument";
+    case KVIDX_ENOMEM: return "out of memory";
+    case KVIDX_EIO: return "I/O error";
+    case KVIDX_ECORRUPT: return "database file is damaged";
+    case KVIDX_ELOCKED: return "database is open elsewhere";
+    case KVIDX_EVERSION: return "database uses a newer format";
+    case KVIDX_EFULL: return "database or disk is full";
+    case KVIDX_ERDONLY: return "handle is read-only";
+    case KVIDX_ETOOBIG: return "value or buffer size out of range";
+    case KVIDX_EMISUSE: return "not a live kvidx handle";
+    default: return "unknown error";
+    }
+}
+
+void kvidx_options_init(kvidx_options *o) {
+    if (!o) return;
+    memset(o, 0, sizeof *o);
+    o->size = (uint32_t)sizeof *o;
+    o->flags = KVIDX_CREATE;
+    o->shards = KVIDX_SHARDS_DEFAULT;
+    o->sync_interval_ms = KVIDX_SYNC_INTERVAL_DEFAULT;
+}
+
+/* KVIDX_OK for a live handle. The magic is checked on every call so that a
+ * zeroed, foreign or closed handle is refused rather than followed. */
+static int db_check(const kvidx *db) {
+    if (!db) return KVIDX_EINVAL;
+    return db->magic == KVIDX_MAGIC_LIVE ? KVIDX_OK : KVIDX_EMISUSE;
+}
+
+static vs_shard *db_shard(kvidx *db, uint64_t h) { return &db->sh[h & (db->nshards - 1)]; }
+
+static void db_hdr_encode(uint8_t *p, uint32_t shards, uint32_t flags) {
+    memset(p, 0, 64);
+    memcpy(p, VS_MAGIC_DB, 8);
+    put_le32(p + 8, VS_FORMAT);
+    put_le32(p + 12, flags);
+    put_le32(p + 16, shards);
+    put_le32(p + 20, VS_REC);
+    put_le32(p + 24, VS_SLOT);
+    put_le32(p + 28, VS_SEC_N);
+    put_le32(p + 32, VS_PAGE);
+    put_le64(p + 40, (uint64_t)time(NULL));
+    vs_hdr_seal(p);
+}
+
+/* Replaces kvidx.hdr atomically: write a temporary, sync, rename, sync
+ * the directory. */
+static int db_hdr_write(kvidx *db, uint32_t flags) {
+    uint8_t h[64];
+    int fd, r;
+    db_hdr_encode(h, db->nshards, flags);
+    fd = os_open(db->dirfd, DB_HDR_TMP, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) return os_rc(fd);
+    r = os_pwrite(fd, h, sizeof h, 0);
+    if (!r) r = os_fsync(fd);
+    os_close(fd);
+    if (!r) r = os_renameat(db->dirfd, DB_HDR_TMP, DB_HDR_NAME);
+    if (!r) r = os_fsync(db->dirfd);
+    return os_rc(r);
+}
+
+/* Reads kvidx.hdr: sets db->nshards and *flags. KVIDX_NOTFOUND if absent. */
+static int db_hdr_read(kvidx *db, uint32_t *flags) {
+    uint8_t h[64];
+    struct stat st;
+    int fd = os_open(db->dirfd, DB_HDR_NAME, O_RDONLY, 0), r;
+    uint32_t n;
+    if (fd == -ENOENT) return KVIDX_NOTFOUND;
+    if (fd < 0) return os_rc(fd);
+    if (fstat(fd, &st)) r = -errno;
+    else if (st.st_size < 64) r = -EBADMSG;
+    else r = os_pread(fd, h, sizeof h, 0);
+    os_close(fd);
+    if (r == -EBADMSG) return KVIDX_ECORRUPT; /* shorter than a header */
+    if (r) return os_rc(r);
+    if (memcmp(h, VS_MAGIC_DB, 8)) return KVIDX_EINVAL; /* not a kvidx database */
+    if (get_le32(h + 8) > VS_FORMAT) return KVIDX_EVERSION;
+    if (get_le64(h + 56) != ck_seeded(h, 56, CK_SEED_HDR)) return KVIDX_ECORRUPT;
+    n = get_le32(h + 16);
+    if (get_le32(h + 8) != VS_FORMAT || n == 0 || n > KVIDX_SHARDS_MAX || (n & (n - 1)) ||
+        get_le32(h + 20) != VS_REC || get_le32(h + 24) != VS_SLOT ||
+        get_le32(h + 28) != VS_SEC_N || get_le32(h + 32) != VS_PAGE)
+        return KVIDX_ECORRUPT;
+    db->nshards = n;
+    *flags = get_le32(h + 12);
+    return KVIDX_OK;
+}
+
+/* 1 if the directory holds nothing but our lock file (and a header
+ * temporary left by an interrupted creation); 0 if it holds anything
+ * else; negative errno on failure. */
+static int db_dir_is_empty(int dirfd) {
+    int fd = dup(dirfd), empty = 1;
+    DIR *d;
+    struct dirent *de;
+    if (fd < 0) return -errno;
+    d = fdopendir(fd);
+    if (!d) {
+        close(fd);
+        return -errno;
+    }
+    rewinddir(d); /* the dup shares its offset with dirfd: start over */
+    while ((de = readdir(d))) {
+        const char *n = de->d_name;
+        if (!strcmp(n, ".") || !strcmp(n, "..") || !strcmp(n, DB_LOCK_NAME) ||
+            !strcmp(n, DB_HDR_TMP))
+            continue;
+        empty = 0;
+        break;
+    }
+    closedir(d);
+    return empty;
+}
+
+/* Finds each shard's generation: the highest g with an sNNNN.g.b file
+ * (a compaction commits a generation by creating its buffer file last).
+ * A shard without one is KVIDX_ECORRUPT. */
+static int db_find_gens(kvidx *db) {
+    int fd = dup(db->dirfd);
+    uint32_t i;
+    DIR *d;
+    struct dirent *de;
+    if (fd < 0) return os_rc(-errno);
+    d = fdopendir(fd);
+    if (!d) {
+        close(fd);
+        return os_rc(-errno);
+    }
+    rewinddir(d); /* the dup shares its offset with dirfd: start over */
+    while ((de = readdir(d))) {
+        unsigned id, gen;
+        char ext, canon[32];
+        if (sscanf(de->d_name, "s%4u.%u.%c", &id, &gen, &ext) != 3 || ext != 'b') continue;
+        vs_name(canon, sizeof canon, id, gen, 'b');
+        if (strcmp(canon, de->d_name) || id >= db->nshards || gen == 0) continue;
+        if (gen > db->sh[id].gen) db->sh[id].gen = gen;
+    }
+    closedir(d);
+    for (i = 0; i < db->nshards; i++)
+        if (!db->sh[i].gen) return KVIDX_ECORRUPT;
+    return KVIDX_OK;
+}
+
+/* Creates (or finishes creating) the database: header marked incomplete,
+ * every shard's files, then the final header. A crash anywhere leaves a
+ * directory that the next read-write open finishes. */
+static int db_create(kvidx *db) {
+    uint32_t i;
+    int rc = db_hdr_write(db, DB_HDR_INCOMPLETE);
+    for (i = 0; !rc && i < db->nshards; i++) rc = vs_create_shard(db, i, 1);
+    if (!rc) rc = os_rc(os_fsync(db->dirfd));
+    if (!rc) rc = db_hdr_write(db, 0);
+    return rc;
+}
+
+static void *db_bg_main(void *arg);
+static int db_sync_all(kvidx *db);
+
+/* Frees a handle in any state of construction. */
+static void db_free(kvidx *db) {
+    uint32_t i;
+    if (db->sh)
+        for (i = 0; i < db->nshards; i++) vs_release_shard(&db->sh[i]);
+    os_free(db->sh);
+    os_close(db->lockfd);
+    os_close(db->dirfd);
+    pthread_mutex_destroy(&db->bg_mu);
+    pthread_cond_destroy(&db->bg_cv);
+    db->magic = KVIDX_MAGIC_DEAD;
+    os_free(db);
+}
+
+static int db_open(kvidx *db, const char *dir) {
+    int rw = !(db->flags & KVIDX_RDONLY), create = rw && (db->flags & KVIDX_CREATE), rc;
+    uint32_t i, hflags = 0;
+    struct stat st;
+
+    if (stat(dir, &st)) {
+        if (errno != ENOENT) return os_rc(-errno);
+        if (!create) return KVIDX_EINVAL; /* no database here */
+        rc = os_mkdir(dir);
+        if (rc && rc != -EEXIST) return rc == -ENOENT ? KVIDX_EINVAL : os_rc(rc);
+    } else if (!S_ISDIR(st.st_mode)) {
+        return KVIDX_EINVAL;
+    }
+    db->dirfd = os_open(AT_FDCWD, dir, O_RDONLY | O_DIRECTORY, 0);
+    if (db->dirfd < 0) return db->dirfd == -ENOTDIR ? KVIDX_EINVAL : os_rc(db->dirfd);
+
+    db->lockfd = os_open(db->dirfd, DB_LOCK_NAME, rw ? O_RDWR | O_CREAT : O_RDONLY, 0644);
+    if (db->lockfd == -ENOENT) {
+        db->lockfd = -1;
+        return KVIDX_EINVAL; /* read-only open of a directory that never held a database */
+    }
+    if (db->lockfd < 0) return os_rc(db->lockfd);
+    rc = os_flock(db->lockfd, rw);
+    if (rc) return rc == -EWOULDBLOCK ? KVIDX_ELOCKED : os_rc(rc);
+
+    rc = db_hdr_read(db, &hflags);
+    if (rc == KVIDX_NOTFOUND) {
+        int empty;
+        if (!create) return KVIDX_EINVAL;
+        empty = db_dir_is_empty(db->dirfd);
+        if (empty < 0) return os_rc(empty);
+        if (!empty) return KVIDX_EINVAL; /* somebody else's files: do not scribble on them */
+        db->nshards = db->opt.shards;
+        if ((rc = db_create(db))) return rc;
+    } else if (rc) {
+        return rc;
+    } else if (hflags & DB_HDR_INCOMPLETE) {
+        if (!rw) return KVIDX_EINVAL; /* creation was interrupted: not a database yet */
+        if ((rc = db_create(db))) return rc;
+    } else if (hflags) {
+        return KVIDX_ECORRUPT;
+    }
+
+    db->sh = os_calloc(db->nshards, sizeof *db->sh);
+    if (!db->sh) return KVIDX_ENOMEM;
+    for (i = 0; i < db->nshards; i++) {
+        vs_shard *s = &db->sh[i];
+        s->id = i;
+        s->kfd = s->vfd = s->bfd = -1;
+        s->ksec = UINT64_MAX;
+        pthread_mutex_init(&s->mu, NULL);
+        if ((rc = lr_map_init(&s->map))) return rc;
+        s->vmap = os_calloc(VS_VMAP_CHUNKS, sizeof *s->vmap);
+        if (!s->vmap) return KVIDX_ENOMEM;
+    }
+    if ((rc = db_find_gens(db))) return rc;
+    for (i = 0; i < db->nshards; i++)
+        if ((rc = vs_open_shard(db, &db->sh[i]))) return rc;
+    return KVIDX_OK;
+}
+
+int kvidx_open(const char *dir, const kvidx_options *o, kvidx **out) {
+    kvidx *db;
+    kvidx_options opt;
+    int rc;
+    if (!dir || !out || !*dir) return KVIDX_EINVAL;
+    kvidx_options_init(&opt);
+    if (o) {
+        if (o->size < offsetof(kvidx_options, log)) return KVIDX_EINVAL;
+        memcpy(&opt, o, o->size < sizeof opt ? o->size : sizeof opt);
+        opt.size = (uint32_t)sizeof opt;
+    }
+    if (opt.shards == 0) opt.shards = KVIDX_SHARDS_DEFAULT;
+    if (opt.shards > KVIDX_SHARDS_MAX || (opt.shards & (opt.shards - 1))) return KVIDX_EINVAL;
+    if (opt.flags & ~KVIDX_FLAGS_ALL) return KVIDX_EINVAL;
+
+    db = os_calloc(1, sizeof *db);
+    if (!db) return KVIDX_ENOMEM;
+    db->opt = opt;
+    db->flags = opt.flags;
+    db->dirfd = db->lockfd = -1;
+    pthread_mutex_init(&db->bg_mu, NULL);
+    {
+        pthread_condattr_t ca;
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        pthread_cond_init(&db->bg_cv, &ca);
+        pthread_condattr_destroy(&ca);
+    }
+    rc = db_open(db, dir);
+    if (!rc && !(db->flags & KVIDX_RDONLY) && opt.sync_interval_ms) {
+        if (pthread_create(&db->bg, NULL, db_bg_main, db)) rc = KVIDX_ENOMEM;
+        else db->bg_started = 1;
+    }
+    if (rc) {
+        db_free(db);
+        return rc;
+    }
+    db->magic = KVIDX_MAGIC_LIVE;
+    *out = db;
+    return KVIDX_OK;
+}
+
+/* Syncs every shard; the first error wins, all shards are tried. */
+static int db_sync_all(kvidx *db) {
+    uint32_t i;
+    int rc = KVIDX_OK;
+    if (db->flags & KVIDX_RDONLY) return KVIDX_OK;
+    for (i = 0; i < db->nshards; i++) {
+        int r = vs_sync(db, &db->sh[i]);
+        if (r && !rc) rc = r;
+    }
+    if (!rc) __atomic_fetch_add(&db->syncs, 1, __ATOMIC_RELAXED);
+    return rc;
+}
+
+/* The background sync: every sync_interval_ms until close. */
+static void *db_bg_main(void *arg) {
+    kvidx *db = arg;
+    pthread_mutex_lock(&db->bg_mu);
+    while (!db->bg_stop) {
+        struct timespec ts;
+        int r = 0;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_sec += db->opt.sync_interval_ms / 1000;
+        ts.tv_nsec += (long)(db->opt.sync_interval_ms % 1000) * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+        while (!db->bg_stop && r != ETIMEDOUT) r = pthread_cond_timedwait(&db->bg_cv, &db->bg_mu, &ts);
+        if (db->bg_stop) break;
+        pthread_mutex_unlock(&db->bg_mu);
+        (void)db_sync_all(db); /* a failure is sticky in the shard: writers see it */
+        pthread_mutex_lock(&db->bg_mu);
+    }
+    pthread_mutex_unlock(&db->bg_mu);
+    return NULL;
+}
+
+int kvidx_close(kvidx *db) {
+    int rc;
+    uint32_t i;
+    if (!db) return KVIDX_OK;
+    if ((rc = db_check(db))) return rc;
+    if (db->bg_started) {
+        pthread_mutex_lock(&db->bg_mu);
+        db->bg_stop = 1;
+        pthread_cond_signal(&db->bg_cv);
+        pthread_mutex_unlock(&db->bg_mu);
+        pthread_join(db->bg, NULL);
+    }
+    rc = db_sync_all(db);
+    /* Persist the state the syncs updated (the durable prefix): the next
+     * open then checks the whole log as durable. */
+    for (i = 0; !rc && i < db->nshards; i++)
+        if (db->sh[i].st_dirty) rc = os_rc(os_fdatasync(db->sh[i].bfd));
+    db_free(db);
+    return rc;
+}
+
+int kvidx_sync(kvidx *db) {
+    int rc = db_check(db);
+    return rc ? rc : db_sync_all(db);
+}
+
+/* With KVIDX_SYNC: makes the write just done durable before returning.
+ * Concurrent writers of a shard each call fdatasync; the kernel lets a
+ * call that finds nothing dirty return at once, so they share the work. */
+static int db_sync_write(vs_shard *s, int value) {
+    int r = value ? os_fdatasync(s->bfd) : 0;
+    if (!r) r = os_fdatasync(s->kfd);
+    if (!r) return KVIDX_OK;
+    pthread_mutex_lock(&s->mu);
+    r = vs_fail(s, os_rc(r));
+    pthread_mutex_unlock(&s->mu);
+    return r;
+}
+
+int kvidx_put(kvidx *db, uint64_t key, const void *val, size_t len) {
+    int rc = db_check(db);
+    uint64_t h;
+    vs_shard *s;
+    if (rc) return rc;
+    if (len > KVIDX_VALUE_MAX) return KVIDX_ETOOBIG;
+    if (!val && len) return KVIDX_EINVAL;
+    if (db->flags & KVIDX_RDONLY) return KVIDX_ERDONLY;
+    h = ck_key(key);
+    s = db_shard(db, h);
+    pthread_mutex_lock(&s->mu);
+    rc = vs_put(db, s, key, h, val, len);
+    pthread_mutex_unlock(&s->mu);
+    if (!rc && (db->flags & KVIDX_SYNC)) rc = db_sync_write(s, len > 0);
+    return rc;
+}
+
+int kvidx_get(kvidx *db, uint64_t key, void *buf, size_t cap, size_t *len) {
+    int rc = db_check(db);
+    uint64_t h;
+    vs_shard *s;
+    const lr_ent *e;
+    if (rc) return rc;
+    if (!len || (!buf && cap)) return KVIDX_EINVAL;
+    h = ck_key(key);
+    s = db_shard(db, h);
+    pthread_mutex_lock(&s->mu);
+    e = lr_map_get(&s->map, key, h);
+    if (e) {
+        rc = vs_read(s, e, buf, cap, len);
+    } else {
+        *len = 0;
+        rc = KVIDX_NOTFOUND;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+int kvidx_delete(kvidx *db, uint64_t key) {
+    int rc = db_check(db);
+    uint64_t h;
+    vs_shard *s;
+    if (rc) return rc;
+    if (db->flags & KVIDX_RDONLY) return KVIDX_ERDONLY;
+    h = ck_key(key);
+    s = db_shard(db, h);
+    pthread_mutex_lock(&s->mu);
+    rc = vs_del(s, key, h);
+    pthread_mutex_unlock(&s->mu);
+    if (!rc && (db->flags & KVIDX_SYNC)) rc = db_sync_write(s, 0);
+    return rc;
+}
+
+/* A scan merges one cursor per shard. Each cursor holds a batch of keys
+ * and values copied out of its shard under the shard's lock; the callback
+ * runs on the copies with no lock held, and a drained cursor refills from
+ * the key after its last. */
+typedef struct scan_item {
+    uint64_t key;
+    uint32_t len;
+    uint8_t val[VS_SLOT];
+} scan_item;
+
+typedef struct scan_cur {
+    scan_item *it;
+    size_t n, i;
+    uint64_t next; /* refill from here */
+    int done;      /* no keys left in range */
+} scan_cur;
+
+/* Refills cursor c of shard s with keys in [c->next, to]. */
+static int scan_fill(vs_shard *s, scan_cur *c, uint64_t to, uint64_t *keys, size_t cap) {
+    size_t n, i, m = 0;
+    int rc = KVIDX_OK;
+    c->n = c->i = 0;
+    pthread_mutex_lock(&s->mu);
+    n = lr_bt_collect(&s->map.bt, c->next, to, keys, cap);
+    for (i = 0; i < n; i++) {
+        const lr_ent *e = lr_map_get(&s->map, keys[i], ck_key(keys[i]));
+        size_t len;
+        if (!e) continue; /* cannot happen: the tree and the table change together */
+        rc = vs_read(s, e, c->it[m].val, VS_SLOT, &len);
+        if (rc) break;
+        c->it[m].key = keys[i];
+        c->it[m].len = (uint32_t)len;
+        m++;
+    }
+    pthread_mutex_unlock(&s->mu);
+    c->n = m;
+    if (n < cap || (n && keys[n - 1] >= to)) c->done = 1;
+    else c->next = keys[n - 1] + 1;
+    return rc;
+}
+
+/* Binary heap of cursor indexes ordered by their current key. */
+static uint64_t scan_head(const scan_cur *c, size_t j) { return c[j].it[c[j].i].key; }
+
+static void scan_sift(const scan_cur *c, size_t *heap, size_t n, size_t at) {
+    for (;;) {
+        size_t l = 2 * at + 1, m = at, t;
+        if (l < n && scan_head(c, heap[l]) < scan_head(c, heap[m])) m = l;
+        if (l + 1 < n && scan_head(c, heap[l + 1]) < scan_head(c, heap[m])) m = l + 1;
+        if (m == at) return;
+        t = heap[m], heap[m] = heap[at], heap[at] = t;
+        at = m;
+    }
+}
+
+int kvidx_scan(kvidx *db, uint64_t from, uint64_t to, kvidx_scan_fn fn, void *ud) {
+    int rc = db_check(db);
+    size_t per, ns, i, nh = 0, *heap = NULL;
+    scan_cur *cur = NULL;
+    scan_item *items = NULL;
+    uint64_t *keys = NULL;
+    if (rc) return rc;
+    if (!fn || from > to) return KVIDX_EINVAL;
+    ns = db->nshards;
+    /* Items per cursor: KVIDX_SCAN_BATCH split over the shards, 4..64. */
+    per = KVIDX_SCAN_BATCH / 8 / ns;
+    per = per < 4 ? 4 : per > 64 ? 64 : per;
+    cur = os_calloc(ns, sizeof *cur);
+    heap = os_calloc(ns, sizeof *heap);
+    items = os_malloc(ns * per * sizeof *items);
+    keys = os_malloc(per * sizeof *keys);
+    if (!cur || !heap || !items || !keys) {
+        rc = KVIDX_ENOMEM;
+        goto out;
+    }
+    for (i = 0; i < ns; i++) {
+        cur[i].it = items + i * per;
+        cur[i].next = from;
+        if ((rc = scan_fill(&db->sh[i], &cur[i], to, keys, per))) goto out;
+        if (cur[i].n) heap[nh++] = i;
+    }
+    for (i = nh; i-- > 0;) scan_sift(cur, heap, nh, i);
+    while (nh) {
+        scan_cur *c = &cur[heap[0]];
+        scan_item *it = &c->it[c->i];
+        if (fn(ud, it->key, it->val, it->len)) break;
+        if (++c->i == c->n) {
+            if (!c->done && (rc = scan_fill(&db->sh[heap[0]], c, to, keys, per))) break;
+            if (c->i == c->n) {
+                heap[0] = heap[--nh];
+                if (!nh) break;
+            }
+        }
+        scan_sift(cur, heap, nh, 0);
+    }
+out:
+    os_free(cur);
+    os_free(heap);
+    os_free(items);
+    os_free(keys);
+    return rc;
+}
+
+/* ======================================================================
+ * 7. Maintenance
+ * ====================================================================== */
+
+static uint64_t db_file_blocks(int fd, uint64_t *size) {
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st)) return 0;
+    if (size) *size += (uint64_t)st.st_size;
+    return (uint64_t)st.st_blocks * 512u;
+}
+
+int kvidx_stat(kvidx *db, kvidx_stats *out) {
+    kvidx_stats st;
+    uint32_t i;
+    int rc = db_check(db);
+    if (rc) return rc;
+    if (!out || out->size < offsetof(kvidx_stats, flags)) return KVIDX_EINVAL;
+    memset(&st, 0, sizeof st);
+    st.size = out->size < sizeof st ? out->size : (uint32_t)sizeof st;
+    st.shards = db->nshards;
+    st.flags = KVIDX_STAT_DIRECT_IO;
+    for (i = 0; i < db->nshards; i++) {
+        vs_shard *s = &db->sh[i];
+        pthread_mutex_lock(&s->mu);
+        if (!s->vdirect) st.flags &= ~(uint64_t)KVIDX_STAT_DIRECT_IO;
+        st.keys += s->map.ht.n;
+        st.value_bytes += s->value_bytes;
+        st.records += s->kpos;
+        st.slots += s->next_slot;
+        st.garbage_slots += s->next_slot - s->live_slots;
+        st.disk_bytes += db_file_blocks(s->kfd, &st.key_log_bytes);
+        st.disk_bytes += db_file_blocks(s->vfd, &st.value_log_bytes);
+        st.disk_bytes += db_file_blocks(s->bfd, &st.buffer_bytes);
+        st.map_bytes += lr_map_bytes(&s->map);
+        st.puts += s->puts;
+        st.deletes += s->deletes;
+        st.flushes += s->flushes;
+        pthread_mutex_unlock(&s->mu);
+    }
+    st.garbage_records = st.records - st.keys;
+    st.syncs = __atomic_load_n(&db->syncs, __ATOMIC_RELAXED);
+    memcpy(out, &st, st.size);
+    return KVIDX_OK;
+}

@@ -1,0 +1,231 @@
+/*
+ * kvidx.h -- an embeddable store for integer-keyed data.
+ *
+ * Quick start:
+ *
+ *     kvidx *db;
+ *     if (kvidx_open("./data", NULL, &db) != KVIDX_OK) return 1;
+ *     kvidx_put(db, 42, "hello", 5);
+ *     char buf[KVIDX_VALUE_MAX]; size_t len;
+ *     if (kvidx_get(db, 42, buf, sizeof buf, &len) == KVIDX_OK)
+ *         printf("%.*s\n", (int)len, buf);
+ *     kvidx_close(db);
+ *
+ * Build: compile kvidx.c with your program (needs xxhash.h from Debian's
+ * libxxhash-dev and -lpthread), or link libkvidx (pkg-config kvidx).
+ *
+ * WHAT IT STORES
+ *   Values: uint64_t keys -> byte strings of 0..KVIDX_VALUE_MAX (256) bytes,
+ *   exact length preserved, every byte pattern legal. Keys are kept in
+ *   power-of-two shards; kvidx_scan visits them in ascending numeric order.
+ *
+ * THREADING
+ *   A kvidx handle may be used from any number of threads at once; every
+ *   function below is safe to call concurrently on one handle, except
+ *   kvidx_close, which must be the last call on it (no call may run during
+ *   or after it). Writes to one shard are serialized; writes to different
+ *   shards run in parallel. A write is visible to every read that starts
+ *   after it returned, from any thread. Two handles on two directories
+ *   share no state. Scan callbacks run with no lock held and may call any
+ *   function on the same handle, writes included.
+ *
+ * DURABILITY
+ *   - A write that returned survives the death of the process (kill -9):
+ *     its bytes are in shared file pages the kernel writes out.
+ *   - On power loss, what was written before the last kvidx_sync(), or
+ *     before the last background sync (every sync_interval_ms, default
+ *     1000), survives. With KVIDX_SYNC every write that returned survives.
+ *   - A torn tail left by a crash is detected by checksums at open and
+ *     dropped; everything before it is kept. Open never fails on a torn
+ *     tail and never returns bytes that were not written.
+ *   - Values are checksummed and verified on every read: damage gives
+ *     KVIDX_ECORRUPT, never wrong bytes.
+ *
+ * CAVEATS
+ *   - One process at a time: a second open of a directory, from this or
+ *     another process, gets KVIDX_ELOCKED (read-only opens may share).
+ *   - Overwrites and deletes append: the space they leave is counted
+ *     (kvidx_stat) and reclaimed by compaction, a later release.
+ *   - Linux only for now (flock, fallocate, O_DIRECT, mmap).
+ *
+ * Return codes: 0 is OK, positive values are statuses (KVIDX_NOTFOUND),
+ * negative values are errors. Outputs are written only on success unless a
+ * function says otherwise. The caller owns every buffer it passes; the
+ * library frees everything it allocates.
+ *
+ * Copyright (c) 2026 the kvidx authors. BSD-2-Clause, see LICENSE.
+ */
+#ifndef KVIDX_H
+#define KVIDX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- version --------------------------------------------------------- */
+
+#define KVIDX_VERSION_MAJOR 0
+#define KVIDX_VERSION_MINOR 1
+#define KVIDX_VERSION_PATCH 0
+#define KVIDX_VERSION_NUMBER \
+    (KVIDX_VERSION_MAJOR * 10000 + KVIDX_VERSION_MINOR * 100 + KVIDX_VERSION_PATCH)
+#define KVIDX_VERSION_STRING "0.1.0"
+
+/* ---- limits ----------------------------------------------------------- */
+
+#define KVIDX_VALUE_MAX 256     /* largest value, in bytes */
+#define KVIDX_SHARDS_MAX 1024   /* largest shard count */
+
+/* ---- return codes ----------------------------------------------------- */
+
+#define KVIDX_OK        0    /* success */
+#define KVIDX_NOTFOUND  1    /* status: the key is absent */
+#define KVIDX_EINVAL   (-1)  /* bad argument, or a directory that is not a kvidx database */
+#define KVIDX_ENOMEM   (-2)  /* out of memory */
+#define KVIDX_EIO      (-3)  /* an I/O call failed; the handle refuses further writes */
+#define KVIDX_ECORRUPT (-4)  /* a checksum or a structure check failed */
+#define KVIDX_ELOCKED  (-5)  /* the directory is open elsewhere */
+#define KVIDX_EVERSION (-6)  /* the files use a newer format than this library reads */
+#define KVIDX_EFULL    (-7)  /* a shard's 2^32 value slots are used up, or the disk is full */
+#define KVIDX_ERDONLY  (-8)  /* write on a handle opened with KVIDX_RDONLY */
+#define KVIDX_ETOOBIG  (-9)  /* a value longer than KVIDX_VALUE_MAX, or a buffer too small */
+/* -10 is reserved for KVIDX_EPROTO (the protocol layer, a later release) */
+#define KVIDX_EMISUSE  (-11) /* not a live kvidx handle (closed, zeroed or foreign memory) */
+
+/* A static, human-readable description of rc; never NULL (unknown codes
+ * get "unknown error"). Thread-safe. */
+const char *kvidx_strerror(int rc);
+
+/* The library's version, e.g. "0.1.0"; equals KVIDX_VERSION_STRING of the
+ * header it was built with. Thread-safe. */
+const char *kvidx_version(void);
+
+/* ---- lifecycle -------------------------------------------------------- */
+
+typedef struct kvidx kvidx; /* opaque; one per open directory; thread-safe */
+
+#define KVIDX_CREATE 0x1u /* create the directory (not its parents) and the database if missing */
+#define KVIDX_RDONLY 0x2u /* read only: shared lock, no writes, never creates (wins over CREATE) */
+#define KVIDX_SYNC   0x4u /* every write is durable (survives power loss) before it returns */
+
+/* Called with a one-line warning (e.g. "O_DIRECT refused, buffered IO").
+ * Runs on the thread that hit the condition; must not call kvidx. */
+typedef void (*kvidx_log_fn)(void *ud, const char *msg);
+
+typedef struct kvidx_options {
+    uint32_t size;             /* sizeof(kvidx_options); set by kvidx_options_init */
+    uint32_t flags;            /* KVIDX_CREATE | KVIDX_RDONLY | KVIDX_SYNC; default KVIDX_CREATE */
+    uint32_t shards;           /* power of two, 1..KVIDX_SHARDS_MAX; 0 = 8. Used only when
+                                  creating; an existing database keeps its stored count */
+    uint32_t sync_interval_ms; /* background sync period; 0 = only explicit kvidx_sync. Default 1000 */
+    kvidx_log_fn log;          /* warnings; NULL = write them to stderr */
+    void *log_ud;              /* passed to log */
+} kvidx_options;
+
+/* Fills *o with the defaults: size = sizeof *o, flags = KVIDX_CREATE,
+ * shards = 8, sync_interval_ms = 1000, log = NULL. NULL o is ignored. */
+void kvidx_options_init(kvidx_options *o);
+
+/* Opens (and with KVIDX_CREATE creates) the database in directory dir.
+ * o may be NULL for the defaults. A new database is created only in a
+ * missing or empty directory. Rebuilds the in-memory index from the key
+ * logs and drops a torn tail left by a crash. *out is set only on success.
+ * Returns KVIDX_OK, or
+ *   KVIDX_EINVAL   NULL dir/out, o->size too small, shards not a power of
+ *                  two or too large, unknown flags; dir missing without
+ *                  KVIDX_CREATE (or with KVIDX_RDONLY); dir not a
+ *                  directory, or a non-empty directory without a database
+ *   KVIDX_ELOCKED  another handle (any process) has it open; with
+ *                  KVIDX_RDONLY: a writer has it open
+ *   KVIDX_EVERSION created by a newer kvidx format
+ *   KVIDX_ECORRUPT a header or a durable record fails its checksum, or
+ *                  a file is missing or has an impossible size
+ *   KVIDX_EIO, KVIDX_ENOMEM, KVIDX_EFULL (disk full while creating) */
+int kvidx_open(const char *dir, const kvidx_options *o, kvidx **out);
+
+/* Makes everything written so far durable, releases the lock, frees the
+ * handle. NULL db is a no-op returning KVIDX_OK. Must not run concurrently
+ * with any other call on db. Returns KVIDX_OK, KVIDX_EMISUSE (not a live
+ * handle: nothing is done), or KVIDX_EIO (the final sync failed; the handle
+ * is freed all the same). */
+int kvidx_close(kvidx *db);
+
+/* Everything written before this call survives power loss once it returns.
+ * Blocks on fdatasync; other calls keep running meanwhile.
+ * Returns KVIDX_OK, KVIDX_EMISUSE, KVIDX_EIO (on a read-only handle: OK). */
+int kvidx_sync(kvidx *db);
+
+/* ---- values ----------------------------------------------------------- */
+
+/* Sets key to the len bytes at val (val may be NULL when len == 0).
+ * Returns KVIDX_OK, or KVIDX_EINVAL (NULL db, NULL val with len > 0),
+ * KVIDX_ETOOBIG (len > KVIDX_VALUE_MAX), KVIDX_ERDONLY, KVIDX_EMISUSE,
+ * KVIDX_EFULL, KVIDX_ENOMEM, KVIDX_EIO. On error nothing is stored. */
+int kvidx_put(kvidx *db, uint64_t key, const void *val, size_t len);
+
+/* Copies key's value into buf (cap bytes; buf may be NULL when cap == 0)
+ * and its length into *len. Returns KVIDX_OK; KVIDX_NOTFOUND (*len = 0);
+ * KVIDX_ETOOBIG when cap is smaller than the value (*len = the length
+ * needed, buf untouched); KVIDX_ECORRUPT when the stored bytes fail their
+ * checksum (buf contents unspecified); KVIDX_EINVAL (NULL db or len, NULL
+ * buf with cap > 0); KVIDX_EMISUSE. This release takes the key's shard
+ * lock for the lookup and the copy. */
+int kvidx_get(kvidx *db, uint64_t key, void *buf, size_t cap, size_t *len);
+
+/* Removes key. Returns KVIDX_OK, KVIDX_NOTFOUND (nothing changes),
+ * KVIDX_EINVAL, KVIDX_ERDONLY, KVIDX_EMISUSE, KVIDX_EFULL, KVIDX_ENOMEM,
+ * KVIDX_EIO. */
+int kvidx_delete(kvidx *db, uint64_t key);
+
+/* Called once per key by kvidx_scan; val (len bytes) is valid only during
+ * the call. Return non-zero to stop the scan. */
+typedef int (*kvidx_scan_fn)(void *ud, uint64_t key, const void *val, size_t len);
+
+/* Calls fn for every live key in [from, to], strictly ascending, each key
+ * once, merging all shards. Keys live for the whole scan are all visited;
+ * keys written ahead of the cursor during the scan may or may not be.
+ * fn runs with no lock held and may call any kvidx function on db.
+ * Returns KVIDX_OK whether it ran to the end or fn stopped it; KVIDX_EINVAL
+ * (NULL db or fn, from > to); KVIDX_ECORRUPT (a value failed its checksum:
+ * the scan stops before that key); KVIDX_ENOMEM; KVIDX_EMISUSE. */
+int kvidx_scan(kvidx *db, uint64_t from, uint64_t to, kvidx_scan_fn fn, void *ud);
+
+/* ---- maintenance ------------------------------------------------------ */
+
+typedef struct kvidx_stats {
+    uint32_t size;            /* in: sizeof(kvidx_stats) as the caller knows it */
+    uint32_t shards;          /* shard count of the database */
+    uint64_t flags;           /* KVIDX_STAT_DIRECT_IO: the value log uses O_DIRECT */
+    uint64_t keys;            /* live keys (values) */
+    uint64_t value_bytes;     /* sum of the live values' lengths */
+    uint64_t records;         /* key records in the key logs: live, overwritten, tombstones */
+    uint64_t garbage_records; /* records - keys: reclaimable by compaction */
+    uint64_t slots;           /* 256-byte value slots written (value log + buffer) */
+    uint64_t garbage_slots;   /* slots no live key points to */
+    uint64_t key_log_bytes;   /* sizes of the key logs (.k) */
+    uint64_t value_log_bytes; /* sizes of the value logs (.v) */
+    uint64_t buffer_bytes;    /* sizes of the section buffers (.b) */
+    uint64_t disk_bytes;      /* blocks allocated to all files of the database */
+    uint64_t map_bytes;       /* memory held by the in-memory index */
+    uint64_t puts;            /* successful puts since open */
+    uint64_t deletes;         /* successful deletes since open */
+    uint64_t flushes;         /* buffer sections written to the value logs since open */
+    uint64_t syncs;           /* completed kvidx_sync calls, background ones included */
+} kvidx_stats;
+
+#define KVIDX_STAT_DIRECT_IO 0x1u
+
+/* Fills at most st->size bytes of *st (so the struct can grow; set size to
+ * sizeof(kvidx_stats) first). Totals over all shards, a snapshot of one
+ * moment per shard. Returns KVIDX_OK, KVIDX_EINVAL (NULL, or size smaller
+ * than the first two fields), KVIDX_EMISUSE. */
+int kvidx_stat(kvidx *db, kvidx_stats *st);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KVIDX_H */

@@ -1,0 +1,121 @@
+/*
+ * harness.h -- the kvidx test harness: one header, no dependencies.
+ *
+ *   int main(void) {
+ *       t_init("test_api");            prints the seed (KVIDX_SEED overrides)
+ *       T_RUN(test_put_get);           a test case: passes when no CHECK fails
+ *       return t_done();               prints "N passed, N failed"
+ *   }
+ *
+ * CHECK(cond) records a failure with file, line and seed and goes on;
+ * REQUIRE(cond) also returns from the test case. Scratch directories live
+ * under $KVIDX_TEST_DIR (default tests/tmp), one per name, emptied first.
+ */
+#ifndef KVIDX_HARNESS_H
+#define KVIDX_HARNESS_H
+
+#include <inttypes.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static int t_cases_passed, t_cases_failed, t_case_failures;
+static uint64_t t_seed, t_rng;
+static const char *t_prog = "test";
+
+#define CHECK(cond)                                                           \
+    do {                                                                      \
+        if (!(cond)) {                                                        \
+            t_case_failures++;                                                \
+            fprintf(stderr, "%s:%d: CHECK(%s) failed [%s seed %" PRIu64 "]\n", \
+                    __FILE__, __LINE__, #cond, t_prog, t_seed);               \
+        }                                                                     \
+    } while (0)
+
+#define REQUIRE(cond)                                                         \
+    do {                                                                      \
+        if (!(cond)) {                                                        \
+            t_case_failures++;                                                \
+            fprintf(stderr, "%s:%d: REQUIRE(%s) failed [%s seed %" PRIu64 "]\n", \
+                    __FILE__, __LINE__, #cond, t_prog, t_seed);               \
+            return;                                                           \
+        }                                                                     \
+    } while (0)
+
+/* CHECK_RC(expr, want): expr must return want; prints both codes' names. */
+#define CHECK_RC(expr, want)                                                  \
+    do {                                                                      \
+        int t_rc_ = (expr), t_want_ = (want);                                 \
+        if (t_rc_ != t_want_) {                                               \
+            t_case_failures++;                                                \
+            fprintf(stderr, "%s:%d: %s returned %d (%s), want %d (%s) [%s seed %" PRIu64 "]\n", \
+                    __FILE__, __LINE__, #expr, t_rc_, kvidx_strerror(t_rc_),  \
+                    t_want_, kvidx_strerror(t_want_), t_prog, t_seed);        \
+        }                                                                     \
+    } while (0)
+
+#define T_RUN(fn)                                                             \
+    do {                                                                      \
+        t_case_failures = 0;                                                  \
+        fn();                                                                 \
+        if (t_case_failures) {                                                \
+            t_cases_failed++;                                                 \
+            fprintf(stderr, "FAIL %s\n", #fn);                                \
+        } else {                                                              \
+            t_cases_passed++;                                                 \
+            printf("ok   %s\n", #fn);                                         \
+        }                                                                     \
+        fflush(stdout);                                                       \
+    } while (0)
+
+/* splitmix64: small, fast, and every seed gives a full-period stream. */
+static inline uint64_t t_rand(void) {
+    uint64_t z = (t_rng += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+static inline uint64_t t_below(uint64_t n) { return n ? t_rand() % n : 0; }
+
+static inline void t_init(const char *prog) {
+    const char *s = getenv("KVIDX_SEED");
+    t_prog = prog;
+    t_seed = s && *s ? strtoull(s, NULL, 0)
+                     : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+    t_rng = t_seed;
+    printf("%s: seed %" PRIu64 " (set KVIDX_SEED to replay)\n", prog, t_seed);
+    fflush(stdout);
+}
+
+static inline int t_done(void) {
+    printf("%s: %d passed, %d failed\n", t_prog, t_cases_passed, t_cases_failed);
+    return t_cases_failed ? 1 : 0;
+}
+
+/* Removes path and everything under it (best effort, no symlink following
+ * concerns: test directories only). */
+static inline void t_rmrf(const char *path) {
+    char cmd[4200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", path);
+    if (system(cmd) != 0) fprintf(stderr, "t_rmrf: %s failed\n", path);
+}
+
+/* A fresh, non-existent path for a database named name; the parent exists.
+ * Returns a static buffer per call slot (4 slots in rotation). */
+static inline const char *t_dir(const char *name) {
+    static char bufs[4][4096];
+    static int k;
+    char *p = bufs[k++ & 3];
+    const char *base = getenv("KVIDX_TEST_DIR");
+    if (!base || !*base) base = "tests/tmp";
+    mkdir(base, 0755);
+    snprintf(p, 4096, "%s/%s.%ld", base, name, (long)getpid());
+    t_rmrf(p);
+    return p;
+}
+
+#endif /* KVIDX_HARNESS_H */
