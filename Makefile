@@ -73,11 +73,11 @@ run-tests: $(TESTBINS)
 
 $(addprefix $(OUT)/,$(TESTS_BB)): $(OUT)/%: tests/%.c kvidx.c kvidx.h tests/harness.h
 	@mkdir -p $(OUT)
-	$(CC) $(WARN) -O1 -g $(SAN) -I. tests/$*.c kvidx.c -o $@ $(LDLIBS)
+	$(CC) $(WARN) -D_GNU_SOURCE -O1 -g $(SAN) -I. tests/$*.c kvidx.c -o $@ $(LDLIBS)
 
 $(addprefix $(OUT)/,$(TESTS_WB)): $(OUT)/%: tests/%.c kvidx.c kvidx.h tests/harness.h
 	@mkdir -p $(OUT)
-	$(CC) $(WARN) -O1 -g $(SAN) -DKVIDX_TEST -I. tests/$*.c -o $@ $(LDLIBS)
+	$(CC) $(WARN) -D_GNU_SOURCE -O1 -g $(SAN) -DKVIDX_TEST -I. tests/$*.c -o $@ $(LDLIBS)
 
 # ---- demo, bench ---------------------------------------------------------
 

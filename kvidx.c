@@ -688,7 +688,9 @@ static size_t lr_bt_collect(const lr_bt *t, uint64_t from, uint64_t to, uint64_t
             if (i == nd->n) return n; /* every key is below from */
             nd = nd->kid[i];
         }
-        for (i = lr_rank(nd, from); i < nd->n && n < max; i++) {
+        i = lr_rank(nd, from);
+        if (i == nd->n) return n; /* a root leaf with every key below from */
+        for (; i < nd->n && n < max; i++) {
             if (nd->key[i] > to) return n;
             out[n++] = nd->key[i];
         }
@@ -1193,7 +1195,7 @@ static int vs_put(kvidx *db, vs_shard *s, uint64_t key, uint64_t h, const void *
     }
     vs_append(s, &r);
     memset(&e, 0, sizeof e);
-    e.key = key, e.slot = r.slot, e.len = r.len, e.vsum = r.vsum;
+    e.key = key, e.slot = r.slot, e.len = r.len, e.vsum = r.vsum, e.used = 1;
     lr_map_set(&s->map, &e, h, &old);
     vs_account(s, &old, -1);
     vs_account(s, &e, 1);
@@ -1633,10 +1635,18 @@ static int db_open(kvidx *db, const char *dir) {
     db->dirfd = os_open(AT_FDCWD, dir, O_RDONLY | O_DIRECTORY, 0);
     if (db->dirfd < 0) return db->dirfd == -ENOTDIR ? KVIDX_EINVAL : os_rc(db->dirfd);
 
-    db->lockfd = os_open(db->dirfd, DB_LOCK_NAME, rw ? O_RDWR | O_CREAT : O_RDONLY, 0644);
+    /* The lock file exists in every database. Where it does not, nothing
+     * is created unless we may create and the directory is empty: a
+     * refused open leaves a directory exactly as it found it. */
+    db->lockfd = os_open(db->dirfd, DB_LOCK_NAME, rw ? O_RDWR : O_RDONLY, 0);
     if (db->lockfd == -ENOENT) {
+        int empty;
         db->lockfd = -1;
-        return KVIDX_EINVAL; /* read-only open of a directory that never held a database */
+        if (!create) return KVIDX_EINVAL; /* no database here */
+        empty = db_dir_is_empty(db->dirfd);
+        if (empty < 0) return os_rc(empty);
+        if (!empty) return KVIDX_EINVAL; /* somebody else's files: do not scribble on them */
+        db->lockfd = os_open(db->dirfd, DB_LOCK_NAME, O_RDWR | O_CREAT, 0644);
     }
     if (db->lockfd < 0) return os_rc(db->lockfd);
     rc = os_flock(db->lockfd, rw);

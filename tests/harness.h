@@ -99,7 +99,7 @@ static inline int t_done(void) {
 /* Removes path and everything under it (best effort, no symlink following
  * concerns: test directories only). */
 static inline void t_rmrf(const char *path) {
-    char cmd[4200];
+    char cmd[8400];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", path);
     if (system(cmd) != 0) fprintf(stderr, "t_rmrf: %s failed\n", path);
 }

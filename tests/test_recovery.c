@@ -714,6 +714,29 @@ static void test_map_model(void) {
     }
 }
 
+/* Walks that start past the last key end at once, whatever the tree's
+ * height (a root leaf has no parent to say so). */
+static void test_collect_past_end(void) {
+    uint64_t out[8], k;
+    lr_map m;
+    REQUIRE(lr_map_init(&m) == KVIDX_OK);
+    CHECK(lr_bt_collect(&m.bt, 0, UINT64_MAX, out, 8) == 0);
+    for (k = 1; k <= 5000; k++) {
+        lr_ent e, old;
+        memset(&e, 0, sizeof e);
+        e.key = k * 10;
+        REQUIRE(lr_map_reserve(&m) == KVIDX_OK);
+        lr_map_set(&m, &e, ck_key(e.key), &old);
+        if (k == 20 || k == 5000) {
+            CHECK(lr_bt_collect(&m.bt, k * 10 + 1, UINT64_MAX, out, 8) == 0);
+            CHECK(lr_bt_collect(&m.bt, k * 10, UINT64_MAX, out, 8) == 1 && out[0] == k * 10);
+            CHECK(lr_bt_collect(&m.bt, 0, 9, out, 8) == 0);
+            CHECK(lr_bt_collect(&m.bt, 15, 45, out, 8) == 3 && out[0] == 20 && out[2] == 40);
+        }
+    }
+    lr_map_free(&m);
+}
+
 static void test_radix_sort(void) {
     enum { N = 5000 };
     static uint64_t a[N], b[N], tmp[N];
@@ -729,6 +752,7 @@ static void test_radix_sort(void) {
 int main(void) {
     t_init("test_recovery");
     T_RUN(test_map_model);
+    T_RUN(test_collect_past_end);
     T_RUN(test_radix_sort);
     T_RUN(test_torn_record);
     T_RUN(test_truncated_key_log);
