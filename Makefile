@@ -61,11 +61,12 @@ asan: deps
 	  run-tests
 
 tsan: deps
-	@$(MAKE) --no-print-directory VARIANT=tsan SAN="-fsanitize=thread" KVIDX_TEST_SCALE=4 run-tests
+	@$(MAKE) --no-print-directory VARIANT=tsan SAN="-fsanitize=thread" run-tests
 
 valgrind: deps
-	@$(MAKE) --no-print-directory VARIANT=valgrind $(OUT:test=valgrind)/test_api
-	KVIDX_TEST_SCALE=10 valgrind --error-exitcode=1 --leak-check=full -q build/valgrind/test_api
+	@$(MAKE) --no-print-directory VARIANT=valgrind build/valgrind/test_api
+	@mkdir -p tests/tmp
+	valgrind --error-exitcode=1 --leak-check=full -q build/valgrind/test_api
 
 run-tests: $(TESTBINS)
 	@mkdir -p tests/tmp
