@@ -934,6 +934,14 @@ static int vs_fail(vs_shard *s, int rc) {
     return rc;
 }
 
+/* A failed fdatasync or msync is always sticky, whatever its errno (even
+ * ENOSPC): the kernel may have marked the unwritten pages clean, so a
+ * later sync could succeed without them ever reaching the disk. */
+static int vs_fail_sync(vs_shard *s) {
+    s->err = KVIDX_EIO;
+    return KVIDX_EIO;
+}
+
 static void vs_rec_encode(uint8_t *p, const vs_rec *r) {
     put_le64(p, r->key);
     put_le32(p + 8, r->slot);
@@ -1028,7 +1036,7 @@ static int vs_state_write(vs_shard *s, uint32_t shards, int durable) {
     s->st_dirty = !durable;
     if (!durable) return KVIDX_OK;
     r = os_msync(p, 64);
-    return r ? vs_fail(s, os_rc(r)) : KVIDX_OK;
+    return r ? vs_fail_sync(s) : KVIDX_OK;
 }
 
 /* Creates one file of a new shard: its header page, then size bytes in
@@ -1120,8 +1128,8 @@ static int vs_flush(kvidx *db, vs_shard *s) {
             r = os_pwrite(s->vfd, s->bmap + VS_PAGE, VS_VSEC_BYTES, off);
         }
     }
-    if (!r) r = os_fdatasync(s->vfd);
-    if (r) return vs_fail(s, os_rc(r));
+    if (r) return vs_fail(s, os_rc(r)); /* nothing committed: the next try rewrites it all */
+    if (os_fdatasync(s->vfd)) return vs_fail_sync(s);
     s->st.section = s->bsec + 1;
     r = vs_state_write(s, db->nshards, 1);
     if (r) return r;
@@ -1252,7 +1260,7 @@ static int vs_sync(kvidx *db, vs_shard *s) {
     if (!r) r = os_fdatasync(s->kfd);
     pthread_mutex_lock(&s->mu);
     if (r) {
-        r = vs_fail(s, os_rc(r));
+        r = vs_fail_sync(s);
     } else {
         if (pos > s->st.synced) {
             s->st.synced = pos;
@@ -1340,7 +1348,7 @@ static int vs_replay(vs_shard *s, uint64_t fsize, int rw) {
     os_free(buf);
     if (rc) return rc;
     s->kpos = pos;
-    s->kalloc = fsize - VS_PAGE;
+    s->kalloc = 0; /* the first write reserves [0, end) again: a sparse copy lost it */
     s->next_slot = last_slot == UINT64_MAX ? 0 : last_slot + 1;
     if (s->next_slot < s->bsec << VS_SEC_SHIFT) s->next_slot = s->bsec << VS_SEC_SHIFT;
     for (i = 0; i < s->map.ht.cap; i++) {
@@ -1780,7 +1788,7 @@ int kvidx_close(kvidx *db) {
     /* Persist the state the syncs updated (the durable prefix): the next
      * open then checks the whole log as durable. */
     for (i = 0; !rc && i < db->nshards; i++)
-        if (db->sh[i].st_dirty) rc = os_rc(os_fdatasync(db->sh[i].bfd));
+        if (db->sh[i].st_dirty && os_fdatasync(db->sh[i].bfd)) rc = KVIDX_EIO;
     db_free(db);
     return rc;
 }
@@ -1798,7 +1806,7 @@ static int db_sync_write(vs_shard *s, int value) {
     if (!r) r = os_fdatasync(s->kfd);
     if (!r) return KVIDX_OK;
     pthread_mutex_lock(&s->mu);
-    r = vs_fail(s, os_rc(r));
+    r = vs_fail_sync(s);
     pthread_mutex_unlock(&s->mu);
     return r;
 }
@@ -1862,9 +1870,11 @@ int kvidx_delete(kvidx *db, uint64_t key) {
  * the key after its last. */
 typedef struct scan_item {
     uint64_t key;
-    uint32_t len;
+    uint32_t len; /* SCAN_DAMAGED: the value failed its checksum */
     uint8_t val[VS_SLOT];
 } scan_item;
+
+#define SCAN_DAMAGED UINT32_MAX
 
 typedef struct scan_cur {
     scan_item *it;
@@ -1873,28 +1883,30 @@ typedef struct scan_cur {
     int done;      /* no keys left in range */
 } scan_cur;
 
-/* Refills cursor c of shard s with keys in [c->next, to]. */
-static int scan_fill(vs_shard *s, scan_cur *c, uint64_t to, uint64_t *keys, size_t cap) {
+/* Refills cursor c of shard s with keys in [c->next, to]. A damaged value
+ * ends the cursor with a SCAN_DAMAGED item: the merge delivers every key
+ * below it, then stops with KVIDX_ECORRUPT when it comes up. */
+static void scan_fill(vs_shard *s, scan_cur *c, uint64_t to, uint64_t *keys, size_t cap) {
     size_t n, i, m = 0;
-    int rc = KVIDX_OK;
     c->n = c->i = 0;
     pthread_mutex_lock(&s->mu);
     n = lr_bt_collect(&s->map.bt, c->next, to, keys, cap);
     for (i = 0; i < n; i++) {
         const lr_ent *e = lr_map_get(&s->map, keys[i], ck_key(keys[i]));
-        size_t len;
+        size_t len = 0;
         if (!e) continue; /* cannot happen: the tree and the table change together */
-        rc = vs_read(s, e, c->it[m].val, VS_SLOT, &len);
-        if (rc) break;
         c->it[m].key = keys[i];
-        c->it[m].len = (uint32_t)len;
-        m++;
+        if (vs_read(s, e, c->it[m].val, VS_SLOT, &len)) {
+            c->it[m++].len = SCAN_DAMAGED;
+            c->done = 1;
+            break;
+        }
+        c->it[m++].len = (uint32_t)len;
     }
     pthread_mutex_unlock(&s->mu);
     c->n = m;
-    if (n < cap || (n && keys[n - 1] >= to)) c->done = 1;
+    if (c->done || n < cap || (n && keys[n - 1] >= to)) c->done = 1;
     else c->next = keys[n - 1] + 1;
-    return rc;
 }
 
 /* Binary heap of cursor indexes ordered by their current key. */
@@ -1934,16 +1946,20 @@ int kvidx_scan(kvidx *db, uint64_t from, uint64_t to, kvidx_scan_fn fn, void *ud
     for (i = 0; i < ns; i++) {
         cur[i].it = items + i * per;
         cur[i].next = from;
-        if ((rc = scan_fill(&db->sh[i], &cur[i], to, keys, per))) goto out;
+        scan_fill(&db->sh[i], &cur[i], to, keys, per);
         if (cur[i].n) heap[nh++] = i;
     }
     for (i = nh; i-- > 0;) scan_sift(cur, heap, nh, i);
     while (nh) {
         scan_cur *c = &cur[heap[0]];
         scan_item *it = &c->it[c->i];
+        if (it->len == SCAN_DAMAGED) {
+            rc = KVIDX_ECORRUPT;
+            break;
+        }
         if (fn(ud, it->key, it->val, it->len)) break;
         if (++c->i == c->n) {
-            if (!c->done && (rc = scan_fill(&db->sh[heap[0]], c, to, keys, per))) break;
+            if (!c->done) scan_fill(&db->sh[heap[0]], c, to, keys, per);
             if (c->i == c->n) {
                 heap[0] = heap[--nh];
                 if (!nh) break;
@@ -1997,6 +2013,10 @@ int kvidx_stat(kvidx *db, kvidx_stats *out) {
         st.deletes += s->deletes;
         st.flushes += s->flushes;
         pthread_mutex_unlock(&s->mu);
+    }
+    {
+        struct stat hs;
+        if (fstatat(db->dirfd, DB_HDR_NAME, &hs, 0) == 0) st.disk_bytes += (uint64_t)hs.st_blocks * 512u;
     }
     st.garbage_records = st.records - st.keys;
     st.syncs = __atomic_load_n(&db->syncs, __ATOMIC_RELAXED);

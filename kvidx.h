@@ -85,15 +85,16 @@ extern "C" {
 #define KVIDX_NOTFOUND  1    /* status: the key is absent */
 #define KVIDX_EINVAL   (-1)  /* bad argument, or a directory that is not a kvidx database */
 #define KVIDX_ENOMEM   (-2)  /* out of memory */
-#define KVIDX_EIO      (-3)  /* an I/O call failed; the handle refuses further writes */
+#define KVIDX_EIO      (-3)  /* an I/O call failed; that shard refuses writes until reopen */
 #define KVIDX_ECORRUPT (-4)  /* a checksum or a structure check failed */
 #define KVIDX_ELOCKED  (-5)  /* the directory is open elsewhere */
 #define KVIDX_EVERSION (-6)  /* the files use a newer format than this library reads */
-#define KVIDX_EFULL    (-7)  /* a shard's 2^32 value slots are used up, or the disk is full */
+#define KVIDX_EFULL    (-7)  /* a shard's 2^32-1 value slots are used up, or the disk is full */
 #define KVIDX_ERDONLY  (-8)  /* write on a handle opened with KVIDX_RDONLY */
 #define KVIDX_ETOOBIG  (-9)  /* a value longer than KVIDX_VALUE_MAX, or a buffer too small */
 /* -10 is reserved for KVIDX_EPROTO (the protocol layer, a later release) */
-#define KVIDX_EMISUSE  (-11) /* not a live kvidx handle (closed, zeroed or foreign memory) */
+#define KVIDX_EMISUSE  (-11) /* not a live kvidx handle: zeroed or foreign memory (a closed
+                                handle is freed: using it is undefined, caught where detectable) */
 
 /* A static, human-readable description of rc; never NULL (unknown codes
  * get "unknown error"). Thread-safe. */
@@ -143,19 +144,23 @@ void kvidx_options_init(kvidx_options *o);
  *   KVIDX_EVERSION created by a newer kvidx format
  *   KVIDX_ECORRUPT a header or a durable record fails its checksum, or
  *                  a file is missing or has an impossible size
- *   KVIDX_EIO, KVIDX_ENOMEM, KVIDX_EFULL (disk full while creating) */
+ *   KVIDX_EIO, KVIDX_ENOMEM, KVIDX_EFULL (disk full while creating, or a
+ *                  shard opened read-write 2^32-1 times) */
 int kvidx_open(const char *dir, const kvidx_options *o, kvidx **out);
 
 /* Makes everything written so far durable, releases the lock, frees the
  * handle. NULL db is a no-op returning KVIDX_OK. Must not run concurrently
  * with any other call on db. Returns KVIDX_OK, KVIDX_EMISUSE (not a live
- * handle: nothing is done), or KVIDX_EIO (the final sync failed; the handle
- * is freed all the same). */
+ * handle: nothing is done), or KVIDX_EIO (the final sync failed, or a shard
+ * had refused writes since an earlier I/O error; the handle is freed all
+ * the same). */
 int kvidx_close(kvidx *db);
 
 /* Everything written before this call survives power loss once it returns.
- * Blocks on fdatasync; other calls keep running meanwhile.
- * Returns KVIDX_OK, KVIDX_EMISUSE, KVIDX_EIO (on a read-only handle: OK). */
+ * Blocks on fdatasync; other calls keep running meanwhile. Returns
+ * KVIDX_OK (always, on a read-only handle), KVIDX_EINVAL (NULL db),
+ * KVIDX_EMISUSE, KVIDX_EIO (a sync failed: that shard refuses writes from
+ * now on, and what it wrote since the last good sync may not be durable). */
 int kvidx_sync(kvidx *db);
 
 /* ---- values ----------------------------------------------------------- */
@@ -163,7 +168,10 @@ int kvidx_sync(kvidx *db);
 /* Sets key to the len bytes at val (val may be NULL when len == 0).
  * Returns KVIDX_OK, or KVIDX_EINVAL (NULL db, NULL val with len > 0),
  * KVIDX_ETOOBIG (len > KVIDX_VALUE_MAX), KVIDX_ERDONLY, KVIDX_EMISUSE,
- * KVIDX_EFULL, KVIDX_ENOMEM, KVIDX_EIO. On error nothing is stored. */
+ * KVIDX_EFULL, KVIDX_ENOMEM, KVIDX_EIO. On error nothing is stored, with
+ * one exception: with KVIDX_SYNC, KVIDX_EIO may also mean the write was
+ * applied (and is visible) but its sync failed, so it may not survive a
+ * power cut; the shard refuses writes from then on. */
 int kvidx_put(kvidx *db, uint64_t key, const void *val, size_t len);
 
 /* Copies key's value into buf (cap bytes; buf may be NULL when cap == 0)
@@ -176,8 +184,8 @@ int kvidx_put(kvidx *db, uint64_t key, const void *val, size_t len);
 int kvidx_get(kvidx *db, uint64_t key, void *buf, size_t cap, size_t *len);
 
 /* Removes key. Returns KVIDX_OK, KVIDX_NOTFOUND (nothing changes),
- * KVIDX_EINVAL, KVIDX_ERDONLY, KVIDX_EMISUSE, KVIDX_EFULL, KVIDX_ENOMEM,
- * KVIDX_EIO. */
+ * KVIDX_EINVAL, KVIDX_ERDONLY, KVIDX_EMISUSE, KVIDX_EFULL, KVIDX_EIO (as
+ * for kvidx_put, including the KVIDX_SYNC exception). */
 int kvidx_delete(kvidx *db, uint64_t key);
 
 /* Called once per key by kvidx_scan; val (len bytes) is valid only during
@@ -190,7 +198,8 @@ typedef int (*kvidx_scan_fn)(void *ud, uint64_t key, const void *val, size_t len
  * fn runs with no lock held and may call any kvidx function on db.
  * Returns KVIDX_OK whether it ran to the end or fn stopped it; KVIDX_EINVAL
  * (NULL db or fn, from > to); KVIDX_ECORRUPT (a value failed its checksum:
- * the scan stops before that key); KVIDX_ENOMEM; KVIDX_EMISUSE. */
+ * every key below it was visited, the damaged key and those above it were
+ * not); KVIDX_ENOMEM; KVIDX_EMISUSE. */
 int kvidx_scan(kvidx *db, uint64_t from, uint64_t to, kvidx_scan_fn fn, void *ud);
 
 /* ---- maintenance ------------------------------------------------------ */
@@ -208,7 +217,7 @@ typedef struct kvidx_stats {
     uint64_t key_log_bytes;   /* sizes of the key logs (.k) */
     uint64_t value_log_bytes; /* sizes of the value logs (.v) */
     uint64_t buffer_bytes;    /* sizes of the section buffers (.b) */
-    uint64_t disk_bytes;      /* blocks allocated to all files of the database */
+    uint64_t disk_bytes;      /* blocks allocated to the header and the shard files */
     uint64_t map_bytes;       /* memory held by the in-memory index */
     uint64_t puts;            /* successful puts since open */
     uint64_t deletes;         /* successful deletes since open */
