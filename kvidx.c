@@ -45,6 +45,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <sched.h>
 #include <time.h>
 #include <dirent.h>
 #include <unistd.h>
@@ -75,6 +76,13 @@
 #define KVIDX_BT_CAP 64
 #endif
 
+/* Reader-indicator stripes per half per shard (a power of two is not
+ * needed). More stripes: fewer threads share a counter's cache line; the
+ * writer reads all of them at each publish. */
+#ifndef KVIDX_LR_STRIPES
+#define KVIDX_LR_STRIPES 16
+#endif
+
 /* Keys and values copied per shard per batch by a scan (bounded so a scan
  * of a 1024-shard database does not allocate megabytes). */
 #ifndef KVIDX_SCAN_BATCH
@@ -93,10 +101,12 @@
 #define VS_NOSLOT 0xFFFFFFFFu               /* record without a value slot */
 #define VS_FORMAT 1u                        /* on-disk format version */
 
-/* Disk space is reserved ahead of the mmap'd writes in these steps: a write
- * into a mapped page the file system cannot back kills the process with
- * SIGBUS, while fallocate reports ENOSPC as an error we can return. Small
- * steps keep a fresh database's footprint close to its data. */
+/* Disk space is reserved ahead of the mmap'd writes: a write into a
+ * mapped page the file system cannot back kills the process with SIGBUS,
+ * while fallocate reports ENOSPC as an error we can return. Steps start at
+ * VS_ALLOC_MIN and double with what is reserved, up to these caps: a
+ * fresh shard costs 64 KiB per file, a busy one one call per cap. */
+#define VS_ALLOC_MIN ((uint64_t)64 * 1024)
 #define VS_KALLOC_STEP ((uint64_t)256 * 1024)  /* key log */
 #define VS_BALLOC_STEP ((uint64_t)1024 * 1024) /* buffer */
 
@@ -377,9 +387,10 @@ typedef struct lr_ent {
 
 typedef struct lr_ht {
     lr_ent *cell;
-    uint64_t cap; /* power of two */
+    uint64_t cap;  /* power of two */
     unsigned bits; /* log2(cap) */
     uint64_t n;    /* occupied cells */
+    lr_ent *grow;  /* reserved doubled array, installed by the next insert */
 } lr_ht;
 
 #define LR_HT_MIN_BITS 4
@@ -394,6 +405,7 @@ static int lr_ht_init(lr_ht *t, unsigned bits) {
     t->bits = bits;
     t->cap = (uint64_t)1 << bits;
     t->n = 0;
+    t->grow = NULL;
     return KVIDX_OK;
 }
 
@@ -418,20 +430,34 @@ static lr_ent *lr_ht_cell(lr_ht *t, uint64_t key, uint64_t h) {
     }
 }
 
-/* Ensures one more key fits under the 3/4 load bound, doubling if not. */
+static int lr_ht_full(const lr_ht *t) { return (t->n + 1) * 4 > t->cap * 3; }
+
+/* Reserves what one more key needs under the 3/4 load bound: the doubled
+ * array, allocated but not installed. Touches nothing a reader sees, so it
+ * may run on the side readers use. */
 static int lr_ht_room(lr_ht *t) {
+    if (!lr_ht_full(t) || t->grow) return KVIDX_OK;
+    t->grow = os_calloc((size_t)t->cap * 2, sizeof(lr_ent));
+    return t->grow ? KVIDX_OK : KVIDX_ENOMEM;
+}
+
+/* Installs the reserved array if one more key needs it. Only on a side no
+ * reader uses: the old array is freed at once. */
+static void lr_ht_make_room(lr_ht *t) {
     lr_ht nt;
     uint64_t i;
-    if ((t->n + 1) * 4 <= t->cap * 3) return KVIDX_OK;
-    if (lr_ht_init(&nt, t->bits + 1)) return KVIDX_ENOMEM;
+    if (!lr_ht_full(t)) return;
+    nt.cell = t->grow;
+    nt.bits = t->bits + 1;
+    nt.cap = t->cap * 2;
+    nt.n = t->n;
+    nt.grow = NULL;
     for (i = 0; i < t->cap; i++) {
         const lr_ent *e = &t->cell[i];
         if (e->used) *lr_ht_cell(&nt, e->key, ck_key(e->key)) = *e;
     }
-    nt.n = t->n;
     os_free(t->cell);
     *t = nt;
-    return KVIDX_OK;
 }
 
 /* Removes the entry at e by shifting later members of its probe run back
@@ -735,11 +761,13 @@ static int lr_map_init(lr_map *m) {
 
 static void lr_map_free(lr_map *m) {
     os_free(m->ht.cell);
+    os_free(m->ht.grow);
     lr_bt_free(&m->bt);
     memset(m, 0, sizeof *m);
 }
 
-/* Reserves what one lr_map_set may need. */
+/* Reserves what one lr_map_set may need, without changing what readers
+ * of this map see. */
 static int lr_map_reserve(lr_map *m) {
     int rc = lr_ht_room(&m->ht);
     return rc ? rc : lr_bt_reserve(&m->bt);
@@ -752,7 +780,9 @@ static const lr_ent *lr_map_get(const lr_map *m, uint64_t key, uint64_t h) {
 /* Sets key's entry to *e; *old receives the previous entry (old->used == 0
  * if there was none). Needs lr_map_reserve first; cannot fail. */
 static void lr_map_set(lr_map *m, const lr_ent *e, uint64_t h, lr_ent *old) {
-    lr_ent *c = lr_ht_cell(&m->ht, e->key, h);
+    lr_ent *c;
+    lr_ht_make_room(&m->ht);
+    c = lr_ht_cell(&m->ht, e->key, h);
     *old = *c;
     *c = *e;
     c->used = 1;
@@ -774,9 +804,209 @@ static int lr_map_del(lr_map *m, uint64_t key, uint64_t h, lr_ent *old) {
 
 /* Bytes of memory the map holds (table, tree and reserves). */
 static uint64_t lr_map_bytes(const lr_map *m) {
-    return m->ht.cap * sizeof(lr_ent) +
+    return (m->ht.cap + (m->ht.grow ? m->ht.cap * 2 : 0)) * sizeof(lr_ent) +
            (m->bt.nleaf + m->bt.nspare_leaf) * (uint64_t)LR_LEAF_BYTES +
            (m->bt.ninner + m->bt.nspare_inner) * (uint64_t)LR_INNER_BYTES;
+}
+
+/* Makes dst's table a copy of src's (dst freshly initialised, no tree). */
+static int lr_map_copy_table(lr_map *dst, const lr_map *src) {
+    lr_ent *cell = os_malloc((size_t)src->ht.cap * sizeof(lr_ent));
+    if (!cell) return KVIDX_ENOMEM;
+    memcpy(cell, src->ht.cell, (size_t)src->ht.cap * sizeof(lr_ent));
+    os_free(dst->ht.cell);
+    dst->ht = src->ht;
+    dst->ht.cell = cell;
+    dst->ht.grow = NULL;
+    return KVIDX_OK;
+}
+
+/* ---- Left-Right: two maps, readers that never wait --------------------
+ *
+ * Ramalhete & Correia, "Left-Right: A Concurrency Control Technique with
+ * Wait-Free Population Oblivious Reads" (2015). Each shard keeps two maps.
+ * Readers announce themselves on a reader indicator, load which map to
+ * use (`side`) and read it; they never lock, never wait, never retry.
+ * The shard's single writer (it holds the shard mutex) changes the map
+ * readers do not use, publishes it by flipping `side`, waits until no
+ * reader can still be on the old map, and repeats the change there.
+ *
+ * The wait has two phases over two halves of the indicators, selected by
+ * the version index `vi`: a reader arrives on half vi. The writer waits
+ * for half !vi to drain, moves vi to it, then waits for half vi to drain.
+ * The simpler scheme, one counter per map chosen by the map the reader is
+ * about to read, loses a reader that loaded `side` but had not arrived
+ * yet: the writer sees an empty counter, publishes twice, and changes
+ * the map that reader is about to read. Here a reader arrives *before* it
+ * loads `side`, on an indicator the writer waits for.
+ *
+ * Indicators are striped: KVIDX_LR_STRIPES cache-line-padded counters per
+ * half, a thread uses the one its thread id hashes to. Threads never
+ * register, so any number of threads and handles work and a thread that
+ * exits leaves nothing behind (its counter is back where it found it).
+ */
+
+#ifdef KVIDX_TEST
+/* Test hook at the points the white-box tests interleave: a reader that
+ * has arrived and not yet loaded the side; a writer about to apply an
+ * operation to a side; a writer waiting for a half to drain. */
+enum { LR_HOOK_ARRIVED, LR_HOOK_APPLY, LR_HOOK_WAIT };
+static void (*lr_test_hook)(int point, unsigned arg);
+#define LR_HOOK(p, a) (lr_test_hook ? lr_test_hook((p), (a)) : (void)0)
+#else
+#define LR_HOOK(p, a) ((void)0)
+#endif
+
+typedef struct lr_slot {
+    uint64_t n;        /* readers inside, arrived on this stripe */
+    uint8_t pad[56];   /* one counter per 64-byte cache line */
+} lr_slot;
+
+/* Allocated 64-byte aligned: the first line is read by every reader and
+ * written only at a publish or a section flush. */
+typedef struct lr_ctl {
+    uint32_t side;   /* the map readers use */
+    uint32_t vi;     /* the half of ind readers arrive on */
+    uint64_t bsec;   /* the value section the shard's buffer holds (vs_):
+                        readers need it in the same read section */
+#ifdef KVIDX_BENCH_RWLOCK
+    pthread_rwlock_t rw; /* benchmark build: a rwlock instead of Left-Right */
+#endif
+    uint8_t pad[48];
+    lr_slot ind[2][KVIDX_LR_STRIPES];
+} lr_ctl;
+
+static lr_ctl *lr_ctl_new(void) {
+    void *p = NULL;
+    if (OS_FAULT(OS_MALLOC, "lr_ctl") || posix_memalign(&p, 64, sizeof(lr_ctl))) return NULL;
+    memset(p, 0, sizeof(lr_ctl));
+#ifdef KVIDX_BENCH_RWLOCK
+    pthread_rwlock_init(&((lr_ctl *)p)->rw, NULL);
+#endif
+    return p;
+}
+
+static void lr_ctl_free(lr_ctl *c) {
+#ifdef KVIDX_BENCH_RWLOCK
+    if (c) pthread_rwlock_destroy(&c->rw);
+#endif
+    os_free(c);
+}
+
+/* The calling thread's stripe: a hash of its thread id (a pointer-sized
+ * value on Linux, the same for the thread's whole life). */
+static unsigned lr_stripe(void) {
+    pthread_t t = pthread_self();
+    uint64_t x = 0;
+    memcpy(&x, &t, sizeof t < sizeof x ? sizeof t : sizeof x);
+    x *= 0x9E3779B97F4A7C15ull; /* descriptors are page-aligned: mix up the high bits */
+    return (unsigned)(x >> 40) % KVIDX_LR_STRIPES;
+}
+
+/* Enters a read section: returns the indicator to leave through, and the
+ * side to read in *side. Wait-free: two loads and one atomic add. */
+static lr_slot *lr_arrive(lr_ctl *c, unsigned *side) {
+    lr_slot *sl;
+#ifdef KVIDX_BENCH_RWLOCK
+    pthread_rwlock_rdlock(&c->rw);
+    *side = 0;
+    return &c->ind[0][0];
+#endif
+    /* vi: acquire pairs with the writer's seq_cst store in lr_wait_readers;
+     * any half is safe to arrive on, the writer waits for both. */
+    sl = &c->ind[__atomic_load_n(&c->vi, __ATOMIC_ACQUIRE)][lr_stripe()];
+    /* Arrive before loading side. seq_cst: this add and the load of side
+     * below pair with the writer's seq_cst store of side and its seq_cst
+     * loads of the counters (Dekker: either the writer sees us, or we see
+     * its new side). */
+    __atomic_fetch_add(&sl->n, 1, __ATOMIC_SEQ_CST);
+    LR_HOOK(LR_HOOK_ARRIVED, 0);
+    *side = __atomic_load_n(&c->side, __ATOMIC_SEQ_CST);
+    return sl;
+}
+
+/* Leaves a read section. Release: everything this reader read happens
+ * before the writer's acquire (seq_cst) load that sees the count drop,
+ * so the writer cannot change the map under it. */
+static void lr_depart(lr_ctl *c, lr_slot *sl) {
+#ifdef KVIDX_BENCH_RWLOCK
+    (void)sl;
+    pthread_rwlock_unlock(&c->rw);
+    return;
+#endif
+    (void)c;
+    __atomic_fetch_sub(&sl->n, 1, __ATOMIC_RELEASE);
+}
+
+/* Spins until half h of the indicators is empty. seq_cst loads: they pair
+ * with the readers' seq_cst arrive (see lr_arrive) and, being acquire,
+ * with their release departure. A reader that stalls inside makes the
+ * writer yield the CPU rather than burn it. */
+static void lr_drain(lr_ctl *c, unsigned h) {
+    unsigned i, spins;
+    for (i = 0; i < KVIDX_LR_STRIPES; i++)
+        for (spins = 0; __atomic_load_n(&c->ind[h][i].n, __ATOMIC_SEQ_CST) != 0; spins++) {
+            LR_HOOK(LR_HOOK_WAIT, h);
+            if (spins >= 64) sched_yield();
+        }
+}
+
+/* The two-phase wait: returns when every reader that was inside when it
+ * was called has left. (A grace period: also what a section flush needs
+ * before reusing the buffer.) Writer only. */
+static void lr_wait_readers(lr_ctl *c) {
+#ifdef KVIDX_BENCH_RWLOCK
+    pthread_rwlock_wrlock(&c->rw);
+    pthread_rwlock_unlock(&c->rw);
+    return;
+#endif
+    {
+        unsigned prev = c->vi, next = prev ^ 1; /* only the writer stores vi */
+        lr_drain(c, next);  /* readers left over on next from an earlier cycle */
+        /* seq_cst store pairs with the readers' acquire load of vi: from
+         * here on they arrive on next. */
+        __atomic_store_n(&c->vi, next, __ATOMIC_SEQ_CST);
+        lr_drain(c, prev);  /* everyone who arrived before the switch */
+    }
+}
+
+/* One map operation: set an entry, or delete a key. */
+typedef struct lr_op {
+    int del;
+    uint64_t h;   /* ck_key(e.key) */
+    lr_ent e;
+} lr_op;
+
+static void lr_map_apply(lr_map *m, const lr_op *op, lr_ent *old) {
+    if (op->del) {
+        if (!lr_map_del(m, op->e.key, op->h, old)) old->used = 0;
+    } else {
+        lr_map_set(m, &op->e, op->h, old);
+    }
+}
+
+/* The writer's half of Left-Right. Both maps were reserved for op (their
+ * reserves touch nothing readers see). Writer only, under the shard mutex;
+ * when it returns, every read that starts sees op. */
+static void lr_write(lr_ctl *c, lr_map *map, const lr_op *op, lr_ent *old) {
+#ifdef KVIDX_BENCH_RWLOCK
+    pthread_rwlock_wrlock(&c->rw);
+    lr_map_apply(&map[0], op, old);
+    pthread_rwlock_unlock(&c->rw);
+    return;
+#endif
+    {
+        unsigned side = c->side; /* only the writer stores side */
+        LR_HOOK(LR_HOOK_APPLY, side ^ 1);
+        lr_map_apply(&map[side ^ 1], op, old);
+        /* Publish. seq_cst: pairs with the readers' seq_cst load of side
+         * (they see the change applied above: the store is a release) and
+         * orders before lr_drain's loads (see lr_arrive). */
+        __atomic_store_n(&c->side, side ^ 1, __ATOMIC_SEQ_CST);
+        lr_wait_readers(c);
+        LR_HOOK(LR_HOOK_APPLY, side);
+        lr_map_apply(&map[side], op, old);
+    }
 }
 
 /* Sorts n keys ascending: LSD radix, 8 bits a pass, passes on which every
@@ -872,8 +1102,9 @@ static const char VS_MAGIC_V[8] = {'K', 'V', 'I', 'D', 'X', 'V', 'A', 'L'};
 static const char VS_MAGIC_B[8] = {'K', 'V', 'I', 'D', 'X', 'B', 'U', 'F'};
 
 typedef struct vs_shard {
-    pthread_mutex_t mu; /* serializes writers; this release also readers */
-    lr_map map;
+    pthread_mutex_t mu;    /* serializes the shard's writers; readers never take it */
+    lr_ctl *lr;            /* Left-Right control; also holds bsec for readers */
+    lr_map map[2];         /* the two maps: readers use map[lr->side] */
     uint32_t id, gen;
     int kfd, vfd, bfd;
     int vdirect;           /* vfd writes use O_DIRECT */
@@ -882,7 +1113,6 @@ typedef struct vs_shard {
     uint64_t kpos;         /* records in the key log = position of the next */
     uint64_t kalloc;       /* record bytes the key log has reserved on disk */
     uint8_t *bmap;         /* the whole buffer file: header page + section */
-    uint64_t bsec;         /* = st.section */
     uint64_t balloc;       /* buffer bytes reserved on disk since the last flush */
     uint64_t next_slot;    /* the next value slot */
     vs_state st;           /* current state (the copy at hslot) */
@@ -1075,11 +1305,12 @@ static int vs_create_shard(kvidx *db, uint32_t id, uint32_t gen) {
     return vs_create_file(db->dirfd, name, page, VS_PAGE + VS_VSEC_BYTES);
 }
 
-/* Address of a value slot: the buffer for the section it holds, else the
- * read-only mapping of the value log. */
-static const uint8_t *vs_slot_ptr(const vs_shard *s, uint32_t slot) {
+/* Address of a value slot, given bsec, the section the buffer holds (a
+ * reader loads it inside its read section): the buffer for that section,
+ * else the read-only mapping of the value log. */
+static const uint8_t *vs_slot_ptr(const vs_shard *s, uint64_t bsec, uint32_t slot) {
     uint64_t sec = slot >> VS_SEC_SHIFT, in = (uint64_t)(slot & (VS_SEC_N - 1)) * VS_SLOT;
-    if (sec == s->bsec) return s->bmap + VS_PAGE + in;
+    if (sec == bsec) return s->bmap + VS_PAGE + in;
     return s->vmap[sec / VS_VMAP_SECS] + (sec % VS_VMAP_SECS) * VS_VSEC_BYTES + in;
 }
 
@@ -1096,9 +1327,9 @@ static int vs_vmap_ensure(vs_shard *s, uint64_t sec) {
 }
 
 /* Reserves disk blocks so that [0, need) of an area that has reserved
- * *have bytes is backed, in steps of step bytes. */
-static int vs_reserve(int fd, uint64_t base, uint64_t *have, uint64_t need, uint64_t step) {
-    uint64_t to;
+ * *have bytes is backed, in steps growing from VS_ALLOC_MIN to max_step. */
+static int vs_reserve(int fd, uint64_t base, uint64_t *have, uint64_t need, uint64_t max_step) {
+    uint64_t to, step = *have < VS_ALLOC_MIN ? VS_ALLOC_MIN : *have < max_step ? *have : max_step;
     int r;
     if (need <= *have) return KVIDX_OK;
     to = (need + step - 1) / step * step;
@@ -1113,8 +1344,8 @@ static int vs_reserve(int fd, uint64_t base, uint64_t *have, uint64_t need, uint
  * its new values can never be taken for the old section's after a power
  * cut), and gives the buffer's blocks back to the file system. */
 static int vs_flush(kvidx *db, vs_shard *s) {
-    uint64_t off = VS_PAGE + s->bsec * VS_VSEC_BYTES;
-    int r = vs_vmap_ensure(s, s->bsec);
+    uint64_t bsec = s->lr->bsec, off = VS_PAGE + bsec * VS_VSEC_BYTES;
+    int r = vs_vmap_ensure(s, bsec);
     if (r) return r;
     r = os_pwrite(s->vfd, s->bmap + VS_PAGE, VS_VSEC_BYTES, off);
     if (r == -EINVAL && s->vdirect) {
@@ -1130,10 +1361,15 @@ static int vs_flush(kvidx *db, vs_shard *s) {
     }
     if (r) return vs_fail(s, os_rc(r)); /* nothing committed: the next try rewrites it all */
     if (os_fdatasync(s->vfd)) return vs_fail_sync(s);
-    s->st.section = s->bsec + 1;
+    s->st.section = bsec + 1;
     r = vs_state_write(s, db->nshards, 1);
     if (r) return r;
-    s->bsec++;
+    /* Readers find section bsec in the value log from now on. seq_cst
+     * store: pairs with the seq_cst load of bsec in a read section (see
+     * lr_arrive); then wait until every reader that may still copy from
+     * the buffer as section bsec has left, before it is overwritten. */
+    __atomic_store_n(&s->lr->bsec, bsec + 1, __ATOMIC_SEQ_CST);
+    lr_wait_readers(s->lr);
     os_punch(s->bfd, VS_PAGE, VS_VSEC_BYTES);
     s->balloc = 0;
     s->flushes++;
@@ -1159,7 +1395,7 @@ static int vs_key_room(vs_shard *s) {
 static int vs_value_room(kvidx *db, vs_shard *s) {
     int r;
     if (s->next_slot >= KVIDX_SLOT_LIMIT) return KVIDX_EFULL;
-    if ((s->next_slot >> VS_SEC_SHIFT) != s->bsec && (r = vs_flush(db, s))) return r;
+    if ((s->next_slot >> VS_SEC_SHIFT) != s->lr->bsec && (r = vs_flush(db, s))) return r;
     return vs_fail(s, vs_reserve(s->bfd, VS_PAGE, &s->balloc,
                                  ((s->next_slot & (VS_SEC_N - 1)) + 1) * VS_SLOT,
                                  VS_BALLOC_STEP));
@@ -1182,10 +1418,11 @@ static void vs_account(vs_shard *s, const lr_ent *old, int sign) {
 /* The write path of a put; the caller holds s->mu. */
 static int vs_put(kvidx *db, vs_shard *s, uint64_t key, uint64_t h, const void *val, size_t len) {
     vs_rec r;
-    lr_ent e, old;
+    lr_op op;
+    lr_ent old;
     int rc;
     if (s->err) return s->err;
-    if ((rc = lr_map_reserve(&s->map))) return rc;
+    if ((rc = lr_map_reserve(&s->map[0])) || (rc = lr_map_reserve(&s->map[1]))) return rc;
     if (len && (rc = vs_value_room(db, s))) return rc;
     if ((rc = vs_key_room(s))) return rc;
     r.key = key;
@@ -1202,11 +1439,12 @@ static int vs_put(kvidx *db, vs_shard *s, uint64_t key, uint64_t h, const void *
         r.vsum = ck_value(NULL, 0);
     }
     vs_append(s, &r);
-    memset(&e, 0, sizeof e);
-    e.key = key, e.slot = r.slot, e.len = r.len, e.vsum = r.vsum, e.used = 1;
-    lr_map_set(&s->map, &e, h, &old);
+    memset(&op, 0, sizeof op);
+    op.h = h;
+    op.e.key = key, op.e.slot = r.slot, op.e.len = r.len, op.e.vsum = r.vsum, op.e.used = 1;
+    lr_write(s->lr, s->map, &op, &old);
     vs_account(s, &old, -1);
-    vs_account(s, &e, 1);
+    vs_account(s, &op.e, 1);
     s->puts++;
     return KVIDX_OK;
 }
@@ -1214,33 +1452,44 @@ static int vs_put(kvidx *db, vs_shard *s, uint64_t key, uint64_t h, const void *
 /* The write path of a delete; the caller holds s->mu. */
 static int vs_del(vs_shard *s, uint64_t key, uint64_t h) {
     vs_rec r;
+    lr_op op;
     lr_ent old = {0, 0, 0, 0, 0, 0};
     int rc;
     if (s->err) return s->err;
-    if (!lr_map_get(&s->map, key, h)) return KVIDX_NOTFOUND;
+    /* The writer's own view: both maps agree between writes. */
+    if (!lr_map_get(&s->map[s->lr->side], key, h)) return KVIDX_NOTFOUND;
     if ((rc = vs_key_room(s))) return rc;
     r.key = key, r.slot = VS_NOSLOT, r.len = 0, r.flags = VS_F_TOMB, r.vsum = 0;
     r.epoch = s->st.epoch;
     vs_append(s, &r);
-    lr_map_del(&s->map, key, h, &old);
+    memset(&op, 0, sizeof op);
+    op.del = 1, op.h = h, op.e.key = key;
+    lr_write(s->lr, s->map, &op, &old);
     vs_account(s, &old, -1);
     s->deletes++;
     return KVIDX_OK;
 }
 
-/* Copies the value of e into buf and verifies the copy: what the caller
- * gets is exactly what was checked. */
-static int vs_read(const vs_shard *s, const lr_ent *e, void *buf, size_t cap, size_t *len) {
-    if (e->len > cap) {
-        *len = e->len;
-        return KVIDX_ETOOBIG;
-    }
-    if (e->len) {
-        memcpy(buf, vs_slot_ptr(s, e->slot), e->len);
-        if (ck_value(buf, e->len) != e->vsum) return KVIDX_ECORRUPT;
-    }
-    *len = e->len;
-    return KVIDX_OK;
+/* Inside a read section: copies the value of e (found in the same
+ * section, bsec loaded in it) into buf, which has room. The caller checks
+ * the copy after leaving the section (vs_verify): what it returns is
+ * exactly what was checked. */
+static void vs_copy(const vs_shard *s, uint64_t bsec, const lr_ent *e, void *buf) {
+    if (e->len) memcpy(buf, vs_slot_ptr(s, bsec, e->slot), e->len);
+}
+
+static int vs_verify(const void *buf, size_t len, uint32_t vsum) {
+    return !len || ck_value(buf, len) == vsum ? KVIDX_OK : KVIDX_ECORRUPT;
+}
+
+/* Enters a read section of shard s: *side is the map to use, *bsec the
+ * section the buffer holds. Wait-free; pair with lr_depart. */
+static lr_slot *vs_read_begin(vs_shard *s, unsigned *side, uint64_t *bsec) {
+    lr_slot *sl = lr_arrive(s->lr, side);
+    /* seq_cst: pairs with vs_flush's seq_cst store of bsec, like side in
+     * lr_arrive: either the flush waits for us or we see its new bsec. */
+    *bsec = __atomic_load_n(&s->lr->bsec, __ATOMIC_SEQ_CST);
+    return sl;
 }
 
 /* Makes the shard's writes so far durable: the buffer (values, state) and
@@ -1282,7 +1531,7 @@ static int vs_rec_sane(const vs_shard *s, const vs_rec *r, uint32_t prev_epoch,
     if (r->len == 0) return r->slot == VS_NOSLOT;
     return r->slot != VS_NOSLOT && r->slot < KVIDX_SLOT_LIMIT &&
            (last_slot == UINT64_MAX || r->slot > last_slot) &&
-           (r->slot >> VS_SEC_SHIFT) <= s->bsec;
+           (r->slot >> VS_SEC_SHIFT) <= s->lr->bsec;
 }
 
 /* Rebuilds the shard's table from its key log (newest record wins,
@@ -1311,8 +1560,8 @@ static int vs_replay(vs_shard *s, uint64_t fsize, int rw) {
             int ok = vs_rec_decode(buf + i * VS_REC, &rec) &&
                      vs_rec_sane(s, &rec, prev_epoch, last_slot);
             if (ok && rec.slot != VS_NOSLOT && pos >= s->st.synced &&
-                (rec.slot >> VS_SEC_SHIFT) == s->bsec)
-                ok = ck_value(vs_slot_ptr(s, rec.slot), rec.len) == rec.vsum;
+                (rec.slot >> VS_SEC_SHIFT) == s->lr->bsec)
+                ok = ck_value(vs_slot_ptr(s, s->lr->bsec, rec.slot), rec.len) == rec.vsum;
             if (!ok) {
                 if (pos < s->st.synced) rc = KVIDX_ECORRUPT;
                 else torn = 1;
@@ -1321,13 +1570,14 @@ static int vs_replay(vs_shard *s, uint64_t fsize, int rw) {
             prev_epoch = rec.epoch;
             if (rec.slot != VS_NOSLOT) last_slot = rec.slot;
             if (rec.flags & VS_F_TOMB) {
-                c = lr_ht_find(&s->map.ht, rec.key, ck_key(rec.key));
-                if (c) lr_ht_remove(&s->map.ht, c);
+                c = lr_ht_find(&s->map[0].ht, rec.key, ck_key(rec.key));
+                if (c) lr_ht_remove(&s->map[0].ht, c);
                 continue;
             }
-            if ((rc = lr_ht_room(&s->map.ht))) break;
-            c = lr_ht_cell(&s->map.ht, rec.key, ck_key(rec.key));
-            if (!c->used) s->map.ht.n++;
+            if ((rc = lr_ht_room(&s->map[0].ht))) break;
+            lr_ht_make_room(&s->map[0].ht);
+            c = lr_ht_cell(&s->map[0].ht, rec.key, ck_key(rec.key));
+            if (!c->used) s->map[0].ht.n++;
             c->key = rec.key, c->slot = rec.slot, c->len = rec.len, c->vsum = rec.vsum;
             c->used = 1;
         }
@@ -1350,12 +1600,16 @@ static int vs_replay(vs_shard *s, uint64_t fsize, int rw) {
     s->kpos = pos;
     s->kalloc = 0; /* the first write reserves [0, end) again: a sparse copy lost it */
     s->next_slot = last_slot == UINT64_MAX ? 0 : last_slot + 1;
-    if (s->next_slot < s->bsec << VS_SEC_SHIFT) s->next_slot = s->bsec << VS_SEC_SHIFT;
-    for (i = 0; i < s->map.ht.cap; i++) {
-        const lr_ent *e = &s->map.ht.cell[i];
+    if (s->next_slot < s->lr->bsec << VS_SEC_SHIFT) s->next_slot = s->lr->bsec << VS_SEC_SHIFT;
+    for (i = 0; i < s->map[0].ht.cap; i++) {
+        const lr_ent *e = &s->map[0].ht.cell[i];
         vs_account(s, e, 1);
     }
-    return lr_map_build_tree(&s->map);
+    /* The second map starts as a copy of the first. */
+    rc = lr_map_copy_table(&s->map[1], &s->map[0]);
+    if (!rc) rc = lr_map_build_tree(&s->map[0]);
+    if (!rc) rc = lr_map_build_tree(&s->map[1]);
+    return rc;
 }
 
 /* Opens a file of the shard; a missing file is damage, not absence. */
@@ -1391,14 +1645,14 @@ static int vs_open_shard(kvidx *db, vs_shard *s) {
     s->bmap = os_mmap(s->bfd, 0, bsize, rw, &err);
     if (!s->bmap) return os_rc(err);
     if ((rc = vs_state_load(s, db->nshards))) return rc;
-    s->bsec = s->st.section;
+    s->lr->bsec = s->st.section; /* no reader yet */
 
     if ((rc = vs_open_file(db, s, 'v', rw, &s->vfd, &vsize))) return rc;
     if ((rc = vs_check_fhdr(db, s, s->vfd, vsize, VS_MAGIC_V))) return rc;
-    need = VS_PAGE + s->bsec * VS_VSEC_BYTES;
+    need = VS_PAGE + s->lr->bsec * VS_VSEC_BYTES;
     if (vsize < need) return KVIDX_ECORRUPT; /* a section the state calls flushed is missing */
     if (rw && vsize > need && (rc = os_rc(os_ftruncate(s->vfd, need)))) return rc; /* an interrupted flush */
-    for (sec = 0; sec < s->bsec; sec += VS_VMAP_SECS)
+    for (sec = 0; sec < s->lr->bsec; sec += VS_VMAP_SECS)
         if ((rc = vs_vmap_ensure(s, sec))) return rc;
     if (rw) {
         int r = os_set_direct(s->vfd, 1);
@@ -1432,7 +1686,10 @@ static void vs_release_shard(vs_shard *s) {
     os_close(s->kfd);
     os_close(s->vfd);
     os_close(s->bfd);
-    lr_map_free(&s->map);
+    lr_map_free(&s->map[0]);
+    lr_map_free(&s->map[1]);
+    lr_ctl_free(s->lr);
+    s->lr = NULL;
     pthread_mutex_destroy(&s->mu);
     s->kmap = s->bmap = NULL;
     s->vmap = NULL;
@@ -1686,7 +1943,8 @@ static int db_open(kvidx *db, const char *dir) {
         s->kfd = s->vfd = s->bfd = -1;
         s->ksec = UINT64_MAX;
         pthread_mutex_init(&s->mu, NULL);
-        if ((rc = lr_map_init(&s->map))) return rc;
+        if ((rc = lr_map_init(&s->map[0])) || (rc = lr_map_init(&s->map[1]))) return rc;
+        if (!(s->lr = lr_ctl_new())) return KVIDX_ENOMEM;
         s->vmap = os_calloc(VS_VMAP_CHUNKS, sizeof *s->vmap);
         if (!s->vmap) return KVIDX_ENOMEM;
     }
@@ -1828,25 +2086,34 @@ int kvidx_put(kvidx *db, uint64_t key, const void *val, size_t len) {
     return rc;
 }
 
+/* The read path: no lock, no allocation, no system call. The value is
+ * copied inside the read section and checked after leaving it. */
 int kvidx_get(kvidx *db, uint64_t key, void *buf, size_t cap, size_t *len) {
     int rc = db_check(db);
-    uint64_t h;
+    uint64_t h, bsec;
+    unsigned side;
     vs_shard *s;
     const lr_ent *e;
+    lr_ent ent;
+    lr_slot *sl;
     if (rc) return rc;
     if (!len || (!buf && cap)) return KVIDX_EINVAL;
     h = ck_key(key);
     s = db_shard(db, h);
-    pthread_mutex_lock(&s->mu);
-    e = lr_map_get(&s->map, key, h);
+    sl = vs_read_begin(s, &side, &bsec);
+    e = lr_map_get(&s->map[side], key, h);
     if (e) {
-        rc = vs_read(s, e, buf, cap, len);
-    } else {
-        *len = 0;
-        rc = KVIDX_NOTFOUND;
+        ent = *e;
+        if (ent.len <= cap) vs_copy(s, bsec, &ent, buf);
     }
-    pthread_mutex_unlock(&s->mu);
-    return rc;
+    lr_depart(s->lr, sl);
+    if (!e) {
+        *len = 0;
+        return KVIDX_NOTFOUND;
+    }
+    *len = ent.len; /* also on ETOOBIG: the length needed */
+    if (ent.len > cap) return KVIDX_ETOOBIG;
+    return vs_verify(buf, ent.len, ent.vsum);
 }
 
 int kvidx_delete(kvidx *db, uint64_t key) {
@@ -1870,7 +2137,8 @@ int kvidx_delete(kvidx *db, uint64_t key) {
  * the key after its last. */
 typedef struct scan_item {
     uint64_t key;
-    uint32_t len; /* SCAN_DAMAGED: the value failed its checksum */
+    uint32_t len;  /* SCAN_DAMAGED: the value failed its checksum */
+    uint32_t vsum;
     uint8_t val[VS_SLOT];
 } scan_item;
 
@@ -1888,22 +2156,28 @@ typedef struct scan_cur {
  * below it, then stops with KVIDX_ECORRUPT when it comes up. */
 static void scan_fill(vs_shard *s, scan_cur *c, uint64_t to, uint64_t *keys, size_t cap) {
     size_t n, i, m = 0;
+    uint64_t bsec;
+    unsigned side;
+    lr_slot *sl;
     c->n = c->i = 0;
-    pthread_mutex_lock(&s->mu);
-    n = lr_bt_collect(&s->map.bt, c->next, to, keys, cap);
+    sl = vs_read_begin(s, &side, &bsec);
+    n = lr_bt_collect(&s->map[side].bt, c->next, to, keys, cap);
     for (i = 0; i < n; i++) {
-        const lr_ent *e = lr_map_get(&s->map, keys[i], ck_key(keys[i]));
-        size_t len = 0;
+        const lr_ent *e = lr_map_get(&s->map[side], keys[i], ck_key(keys[i]));
         if (!e) continue; /* cannot happen: the tree and the table change together */
         c->it[m].key = keys[i];
-        if (vs_read(s, e, c->it[m].val, VS_SLOT, &len)) {
-            c->it[m++].len = SCAN_DAMAGED;
-            c->done = 1;
-            break;
-        }
-        c->it[m++].len = (uint32_t)len;
+        c->it[m].len = e->len;
+        c->it[m].vsum = e->vsum;
+        vs_copy(s, bsec, e, c->it[m++].val);
     }
-    pthread_mutex_unlock(&s->mu);
+    lr_depart(s->lr, sl);
+    /* Checked outside the read section: the section stays short. */
+    for (i = 0; i < m; i++)
+        if (vs_verify(c->it[i].val, c->it[i].len, c->it[i].vsum)) {
+            c->it[i].len = SCAN_DAMAGED;
+            m = i + 1;
+            c->done = 1;
+        }
     c->n = m;
     if (c->done || n < cap || (n && keys[n - 1] >= to)) c->done = 1;
     else c->next = keys[n - 1] + 1;
@@ -2000,7 +2274,7 @@ int kvidx_stat(kvidx *db, kvidx_stats *out) {
         vs_shard *s = &db->sh[i];
         pthread_mutex_lock(&s->mu);
         if (!s->vdirect) st.flags &= ~(uint64_t)KVIDX_STAT_DIRECT_IO;
-        st.keys += s->map.ht.n;
+        st.keys += s->map[s->lr->side].ht.n;
         st.value_bytes += s->value_bytes;
         st.records += s->kpos;
         st.slots += s->next_slot;
@@ -2008,7 +2282,7 @@ int kvidx_stat(kvidx *db, kvidx_stats *out) {
         st.disk_bytes += db_file_blocks(s->kfd, &st.key_log_bytes);
         st.disk_bytes += db_file_blocks(s->vfd, &st.value_log_bytes);
         st.disk_bytes += db_file_blocks(s->bfd, &st.buffer_bytes);
-        st.map_bytes += lr_map_bytes(&s->map);
+        st.map_bytes += lr_map_bytes(&s->map[0]) + lr_map_bytes(&s->map[1]);
         st.puts += s->puts;
         st.deletes += s->deletes;
         st.flushes += s->flushes;

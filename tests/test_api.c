@@ -39,10 +39,13 @@ static void on_alarm(int sig) {
     _exit(3);
 }
 
-static void guard(const char *name) {
+static void guard_secs(const char *name, unsigned secs) {
     g_case = name;
-    alarm(600); /* generous: sanitizer builds are slow; only a hang hits this */
+    alarm(secs);
 }
+
+/* generous: sanitizer builds are slow; only a hang hits this */
+static void guard(const char *name) { guard_secs(name, 600); }
 
 /* ---- helpers ------------------------------------------------------------- */
 
@@ -1240,8 +1243,10 @@ static void test_scan_order_random(void) {
     if (!db) { free(refs); return; }
     for (i = 0; i < n; i++) {
         uint8_t v[KVIDX_VALUE_MAX];
-        /* 0, UINT64_MAX, a dense cluster and random keys */
-        refs[i].key = i == 0 ? 0 : i == 1 ? UINT64_MAX : i < n / 4 ? 1000 + i * 3 : t_rand();
+        /* 0, UINT64_MAX, two runs of consecutive keys (so batch boundaries
+         * fall between neighbours) and random keys */
+        refs[i].key = i == 0 ? 0 : i == 1 ? UINT64_MAX : i < n / 4 ? 1000 + i
+                    : i < n / 3 ? UINT64_MAX - (i - n / 4) - 1 : t_rand();
         refs[i].seed = t_rand();
         refs[i].len = (uint32_t)t_below(KVIDX_VALUE_MAX + 1);
         refs[i].live = 1;
@@ -1456,7 +1461,7 @@ static void test_scan_callback_writes(void) {
     wscan w;
     coll c;
     int rc;
-    guard(__func__);
+    guard_secs(__func__, 180); /* a callback that writes must not deadlock */
     memset(&c, 0, sizeof c);
     memset(&w, 0, sizeof w);
     dcopy(d, t_dir("scanwrite"));

@@ -445,7 +445,13 @@ static int run_writer(const char *dir, parent_state *ps, int round) {
         pr = poll(&pfd, 1, (int)(deadline - now < 50 ? deadline - now : 50));
         if (pr < 0 && errno != EINTR) { perror("poll"); fail = 1; break; }
         if (pr > 0) {
-            ssize_t r = read(p[0], buf + have, sizeof buf - have);
+            size_t want = sizeof buf - have;
+            ssize_t r;
+            if (!by_time) { /* read no further than the target: the kill lands near it */
+                uint64_t left = (target - ps->acks) * 2 + 2; /* a begin and an ack per op */
+                if (left * sizeof(msg) < want) want = (size_t)left * sizeof(msg);
+            }
+            r = read(p[0], buf + have, want);
             if (r < 0 && errno != EINTR) { perror("read"); fail = 1; break; }
             if (r == 0) { eof = 1; break; } /* the child died on its own */
             if (r > 0) {
