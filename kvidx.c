@@ -848,9 +848,10 @@ static int lr_map_copy_table(lr_map *dst, const lr_map *src) {
 
 #ifdef KVIDX_TEST
 /* Test hook at the points the white-box tests interleave: a reader that
- * has arrived and not yet loaded the side; a writer about to apply an
+ * has chosen its indicator and not yet arrived on it; a reader that has
+ * arrived and not yet loaded the side; a writer about to apply an
  * operation to a side; a writer waiting for a half to drain. */
-enum { LR_HOOK_ARRIVED, LR_HOOK_APPLY, LR_HOOK_WAIT };
+enum { LR_HOOK_ENTER, LR_HOOK_ARRIVED, LR_HOOK_APPLY, LR_HOOK_WAIT };
 static void (*lr_test_hook)(int point, unsigned arg);
 #define LR_HOOK(p, a) (lr_test_hook ? lr_test_hook((p), (a)) : (void)0)
 #else
@@ -915,6 +916,7 @@ static lr_slot *lr_arrive(lr_ctl *c, unsigned *side) {
     /* vi: acquire pairs with the writer's seq_cst store in lr_wait_readers;
      * any half is safe to arrive on, the writer waits for both. */
     sl = &c->ind[__atomic_load_n(&c->vi, __ATOMIC_ACQUIRE)][lr_stripe()];
+    LR_HOOK(LR_HOOK_ENTER, 0);
     /* Arrive before loading side. seq_cst: this add and the load of side
      * below pair with the writer's seq_cst store of side and its seq_cst
      * loads of the counters (Dekker: either the writer sees us, or we see
