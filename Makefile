@@ -25,6 +25,8 @@ SAN      ?=
 OUT      := build/$(VARIANT)
 TESTBINS := $(addprefix $(OUT)/,$(TESTS_BB) $(TESTS_WB))
 
+
+.PHONY: bench-lr
 .PHONY: all deps lib test demo bench asan tsan valgrind install uninstall \
         check-symbols clean help run-tests
 
@@ -92,6 +94,18 @@ build/quickstart: examples/quickstart.c kvidx.c kvidx.h
 bench: deps build/bench_values
 	./build/bench_values
 
+# Left-Right against a rwlock build of the same code (bench/lr.sh).
+bench-lr: deps build/bench_lr build/bench_lr_rwlock
+	bash bench/lr.sh
+
+build/bench_lr: bench/bench_lr.c kvidx.c kvidx.h
+	@mkdir -p build
+	$(CC) $(WARN) -O2 -g -DNDEBUG -I. bench/bench_lr.c -o $@ $(LDLIBS)
+
+build/bench_lr_rwlock: bench/bench_lr.c kvidx.c kvidx.h
+	@mkdir -p build
+	$(CC) $(WARN) -O2 -g -DNDEBUG -DKVIDX_BENCH_RWLOCK -I. bench/bench_lr.c -o $@ $(LDLIBS)
+
 build/bench_values: bench/bench_values.c kvidx.c kvidx.h
 	@mkdir -p build
 	$(CC) $(WARN) -O2 -g -DNDEBUG -I. bench/bench_values.c kvidx.c -o $@ $(LDLIBS)
@@ -129,6 +143,7 @@ help:
 	@echo "make tsan       the tests under ThreadSanitizer"
 	@echo "make valgrind   test_api under valgrind memcheck"
 	@echo "make bench      the value benchmark (bench/bench_values.c)"
+	@echo "make bench-lr   reads under a writer: Left-Right against a rwlock build"
 	@echo "make install    install to \$$DESTDIR\$$PREFIX (default /usr/local)"
 	@echo "make uninstall  remove what install put there"
 	@echo "make check-symbols  fail if libkvidx.so exports anything but kvidx_*"

@@ -23,11 +23,15 @@
  *   A kvidx handle may be used from any number of threads at once; every
  *   function below is safe to call concurrently on one handle, except
  *   kvidx_close, which must be the last call on it (no call may run during
- *   or after it). Writes to one shard are serialized; writes to different
- *   shards run in parallel. A write is visible to every read that starts
- *   after it returned, from any thread. Two handles on two directories
- *   share no state. Scan callbacks run with no lock held and may call any
- *   function on the same handle, writes included.
+ *   or after it). Reads (kvidx_get, kvidx_scan) never lock and never wait:
+ *   each shard keeps two copies of its index (Left-Right), readers use one
+ *   while the shard's writer changes the other. Writes to one shard are
+ *   serialized by its mutex and wait for the readers of the copy they
+ *   change next; writes to different shards run in parallel. A write is
+ *   visible to every read that starts after it returned, from any thread.
+ *   Two handles on two directories share no state. Scan callbacks run with
+ *   no lock held and may call any function on the same handle, writes
+ *   included.
  *
  * DURABILITY
  *   - A write that returned survives the death of the process (kill -9):
@@ -179,8 +183,8 @@ int kvidx_put(kvidx *db, uint64_t key, const void *val, size_t len);
  * KVIDX_ETOOBIG when cap is smaller than the value (*len = the length
  * needed, buf untouched); KVIDX_ECORRUPT when the stored bytes fail their
  * checksum (buf contents unspecified); KVIDX_EINVAL (NULL db or len, NULL
- * buf with cap > 0); KVIDX_EMISUSE. This release takes the key's shard
- * lock for the lookup and the copy. */
+ * buf with cap > 0); KVIDX_EMISUSE. Never locks, never waits, never
+ * allocates, makes no system call for a value in memory. */
 int kvidx_get(kvidx *db, uint64_t key, void *buf, size_t cap, size_t *len);
 
 /* Removes key. Returns KVIDX_OK, KVIDX_NOTFOUND (nothing changes),
@@ -195,7 +199,9 @@ typedef int (*kvidx_scan_fn)(void *ud, uint64_t key, const void *val, size_t len
 /* Calls fn for every live key in [from, to], strictly ascending, each key
  * once, merging all shards. Keys live for the whole scan are all visited;
  * keys written ahead of the cursor during the scan may or may not be.
- * fn runs with no lock held and may call any kvidx function on db.
+ * fn runs with no lock held and may call any kvidx function on db. The
+ * scan copies batches of keys and values out of each shard without a lock
+ * and calls back on the copies: a slow callback holds up no writer.
  * Returns KVIDX_OK whether it ran to the end or fn stopped it; KVIDX_EINVAL
  * (NULL db or fn, from > to); KVIDX_ECORRUPT (a value failed its checksum:
  * every key below it was visited, the damaged key and those above it were
@@ -218,7 +224,7 @@ typedef struct kvidx_stats {
     uint64_t value_log_bytes; /* sizes of the value logs (.v) */
     uint64_t buffer_bytes;    /* sizes of the section buffers (.b) */
     uint64_t disk_bytes;      /* blocks allocated to the header and the shard files */
-    uint64_t map_bytes;       /* memory held by the in-memory index */
+    uint64_t map_bytes;       /* memory held by the in-memory index, both copies */
     uint64_t puts;            /* successful puts since open */
     uint64_t deletes;         /* successful deletes since open */
     uint64_t flushes;         /* buffer sections written to the value logs since open */
