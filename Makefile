@@ -18,7 +18,7 @@ BENCH_DEPS := liblmdb-dev:/usr/include/lmdb.h librocksdb-dev:/usr/include/rocksd
               libleveldb-dev:/usr/include/leveldb/c.h
 
 # Tests: black-box ones link kvidx.c; white-box ones #include it (-DKVIDX_TEST).
-TESTS_BB := test_api test_model test_crash
+TESTS_BB := test_api test_model test_crash test_concurrency
 TESTS_WB := test_recovery test_lr
 VARIANT  ?= test
 SAN      ?=

@@ -11,6 +11,7 @@
  *   fill      fillrandom of N keys, one thread (the cost of a write:
  *             double apply + publish under Left-Right, one apply here)
  *   publish   one publish with no reader (white-box: lr_wait_readers)
+ *   r1        after a warm-up pass over every key: one reader, no writer
  *   rw<R>     R reader threads doing random gets for --secs seconds while
  *             one writer overwrites random keys without pause; reads/s,
  *             writes/s, read latency p50/p99/p99.9/max from a histogram
@@ -187,6 +188,29 @@ int main(int argc, char **argv) {
         t = now_s() - t;
         pthread_mutex_unlock(&s->mu);
         printf("publish_ns %.1f\n", t * 1e9 / (double)reps);
+    }
+
+    {
+        /* Warm up: read every key once (the value log was written with
+         * O_DIRECT, so its pages start out of the page cache), then time
+         * one reader with no writer: the baseline of the rw phases. */
+        ctx c;
+        pthread_t th;
+        memset(&c, 0, sizeof c);
+        c.db = db, c.keys = keys, c.n = n, c.seed = seed;
+        for (i = 0; i < n; i++) {
+            size_t len;
+            if ((rc = kvidx_get(db, keys[i], v, sizeof v, &len))) die("warm-up get", rc);
+        }
+        pthread_create(&th, NULL, reader_main, &c);
+        t = now_s();
+        usleep((useconds_t)(secs * 1e6));
+        __atomic_store_n(&c.stop, 1, __ATOMIC_RELAXED);
+        pthread_join(th, NULL);
+        t = now_s() - t;
+        printf("r1_reads_per_s %.0f\n", (double)c.ops / t);
+        printf("r1_p99_ns %" PRIu64 "\n", hist_q(&c.h, 0.99));
+        printf("r1_max_ns %" PRIu64 "\n", c.h.max);
     }
 
     for (r = 0; r < 2; r++) {
