@@ -96,7 +96,7 @@ bench: deps build/bench_values
 
 # Left-Right against a rwlock build of the same code (bench/lr.sh).
 bench-lr: deps build/bench_lr build/bench_lr_rwlock
-	bash bench/lr.sh
+	bash bench/lr.sh --secs 2
 
 build/bench_lr: bench/bench_lr.c kvidx.c kvidx.h
 	@mkdir -p build
