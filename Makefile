@@ -98,15 +98,15 @@ bench: deps build/bench_values
 bench-lr: deps build/bench_lr build/bench_lr_rwlock
 	bash bench/lr.sh --secs 2
 
-build/bench_lr: bench/bench_lr.c kvidx.c kvidx.h
+build/bench_lr: bench/bench_lr.c bench/bench.h kvidx.c kvidx.h
 	@mkdir -p build
 	$(CC) $(WARN) -O2 -g -DNDEBUG -I. bench/bench_lr.c -o $@ $(LDLIBS)
 
-build/bench_lr_rwlock: bench/bench_lr.c kvidx.c kvidx.h
+build/bench_lr_rwlock: bench/bench_lr.c bench/bench.h kvidx.c kvidx.h
 	@mkdir -p build
 	$(CC) $(WARN) -O2 -g -DNDEBUG -DKVIDX_BENCH_RWLOCK -I. bench/bench_lr.c -o $@ $(LDLIBS)
 
-build/bench_values: bench/bench_values.c kvidx.c kvidx.h
+build/bench_values: bench/bench_values.c bench/bench.h kvidx.c kvidx.h
 	@mkdir -p build
 	$(CC) $(WARN) -O2 -g -DNDEBUG -I. bench/bench_values.c kvidx.c -o $@ $(LDLIBS)
 

@@ -22,30 +22,12 @@
 #include "../kvidx.c"
 
 #include <inttypes.h>
+#include "bench.h"
 
 #define VLEN 256
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static uint64_t mix(uint64_t z) {
-    z += 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 static void make_val(uint64_t key, uint64_t ver, uint8_t *v) {
-    uint64_t x = mix(key ^ ver);
+    uint64_t x = bench_mix(key ^ ver);
     int i;
     memcpy(v, &key, 8);
     for (i = 8; i < VLEN; i += 8) {
@@ -108,9 +90,9 @@ static void *reader_main(void *arg) {
     size_t len;
     uint64_t i = 0, x = c->seed;
     while (!__atomic_load_n(&c->stop, __ATOMIC_RELAXED)) {
-        uint64_t k = c->keys[(x = mix(x)) % c->n], t0 = now_ns(), t1;
+        uint64_t k = c->keys[(x = bench_mix(x)) % c->n], t0 = bench_now_ns(), t1;
         int rc = kvidx_get(c->db, k, b, sizeof b, &len);
-        t1 = now_ns();
+        t1 = bench_now_ns();
         if (rc) die("get", rc);
         if (len != VLEN || memcmp(b, &k, 8)) die("get returned a foreign value", KVIDX_ECORRUPT);
         hist_add(&c->h, t1 - t0);
@@ -125,7 +107,7 @@ static void *writer_main(void *arg) {
     uint8_t v[VLEN];
     uint64_t i = 0, x = c->seed;
     while (!__atomic_load_n(&c->stop, __ATOMIC_RELAXED)) {
-        uint64_t k = c->keys[(x = mix(x)) % c->n];
+        uint64_t k = c->keys[(x = bench_mix(x)) % c->n];
         int rc;
         make_val(k, i + 2, v);
         if ((rc = kvidx_put(c->db, k, v, VLEN))) die("put", rc);
@@ -165,16 +147,16 @@ int main(int argc, char **argv) {
     if (system(cmd) != 0) return 1;
     keys = malloc(n * sizeof *keys);
     if (!keys) return 1;
-    for (i = 0; i < n; i++) keys[i] = mix(seed * 0x100000001B3ull + i);
+    for (i = 0; i < n; i++) keys[i] = bench_mix(seed * 0x100000001B3ull + i);
     kvidx_options_init(&o);
     if ((rc = kvidx_open(dir, &o, &db))) die("open", rc);
 
-    t = now_s();
+    t = bench_now_s();
     for (i = 0; i < n; i++) {
         make_val(keys[i], 1, v);
         if ((rc = kvidx_put(db, keys[i], v, VLEN))) die("put", rc);
     }
-    t = now_s() - t;
+    t = bench_now_s() - t;
     printf("fill_ops_per_s %.0f\n", (double)n / t);
 
     {
@@ -183,9 +165,9 @@ int main(int argc, char **argv) {
         vs_shard *s = &db->sh[0];
         uint64_t reps = 2000000;
         pthread_mutex_lock(&s->mu);
-        t = now_s();
+        t = bench_now_s();
         for (i = 0; i < reps; i++) lr_wait_readers(s->lr);
-        t = now_s() - t;
+        t = bench_now_s() - t;
         pthread_mutex_unlock(&s->mu);
         printf("publish_ns %.1f\n", t * 1e9 / (double)reps);
     }
@@ -203,11 +185,11 @@ int main(int argc, char **argv) {
             if ((rc = kvidx_get(db, keys[i], v, sizeof v, &len))) die("warm-up get", rc);
         }
         pthread_create(&th, NULL, reader_main, &c);
-        t = now_s();
+        t = bench_now_s();
         usleep((useconds_t)(secs * 1e6));
         __atomic_store_n(&c.stop, 1, __ATOMIC_RELAXED);
         pthread_join(th, NULL);
-        t = now_s() - t;
+        t = bench_now_s() - t;
         printf("r1_reads_per_s %.0f\n", (double)c.ops / t);
         printf("r1_p99_ns %" PRIu64 "\n", hist_q(&c.h, 0.99));
         printf("r1_max_ns %" PRIu64 "\n", c.h.max);
@@ -228,13 +210,13 @@ int main(int argc, char **argv) {
             pthread_create(&th[k], NULL, reader_main, &rd[k]);
         }
         pthread_create(&th[2], NULL, writer_main, &wr);
-        t = now_s();
+        t = bench_now_s();
         usleep((useconds_t)(secs * 1e6));
         for (k = 0; k < nreaders[r]; k++) __atomic_store_n(&rd[k].stop, 1, __ATOMIC_RELAXED);
         __atomic_store_n(&wr.stop, 1, __ATOMIC_RELAXED);
         for (k = 0; k < nreaders[r]; k++) pthread_join(th[k], NULL);
         pthread_join(th[2], NULL);
-        t = now_s() - t;
+        t = bench_now_s() - t;
         for (k = 0; k < nreaders[r]; k++) {
             reads += rd[k].ops;
             for (j = 0; j < HB; j++) all.b[j] += rd[k].h.b[j];

@@ -17,25 +17,13 @@
 #include <unistd.h>
 
 #include "kvidx.h"
+#include "bench.h"
 
 #define VLEN 256
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static uint64_t mix(uint64_t z) {
-    z += 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 /* The 256-byte value of (key, version): cheap to make, checkable. */
 static void make_val(uint64_t key, uint32_t ver, uint8_t *v) {
-    uint64_t x = mix(key ^ ((uint64_t)ver << 56));
+    uint64_t x = bench_mix(key ^ ((uint64_t)ver << 56));
     int i;
     for (i = 0; i < VLEN; i += 8) {
         memcpy(v + i, &x, 8);
@@ -103,38 +91,38 @@ int main(int argc, char **argv) {
 
     keys = malloc(n * sizeof *keys);
     if (!keys) return 1;
-    for (i = 0; i < n; i++) keys[i] = mix(seed * 0x100000001B3ull + i);
+    for (i = 0; i < n; i++) keys[i] = bench_mix(seed * 0x100000001B3ull + i);
 
     if ((rc = kvidx_open(dir, &o, &db))) die("open", rc);
 
-    t = now();
+    t = bench_now_s();
     for (i = 0; i < n; i++) {
         make_val(keys[i], 1, v);
         if ((rc = kvidx_put(db, keys[i], v, VLEN))) die("put", rc);
     }
-    report("fillrandom", n, now() - t);
+    report("fillrandom", n, bench_now_s() - t);
 
-    t = now();
+    t = bench_now_s();
     for (i = 0; i < n; i++) {
-        uint64_t k = keys[mix(i ^ seed) % n];
+        uint64_t k = keys[bench_mix(i ^ seed) % n];
         if ((rc = kvidx_get(db, k, b, sizeof b, &len))) die("get", rc);
         make_val(k, 1, v);
         if (len != VLEN || memcmp(b, v, VLEN)) die("readrandom: wrong value", KVIDX_ECORRUPT);
     }
-    report("readrandom", n, now() - t);
+    report("readrandom", n, bench_now_s() - t);
 
-    t = now();
+    t = bench_now_s();
     for (i = 0; i < n; i++) {
-        rc = kvidx_get(db, mix(keys[i] ^ 0xdeadbeef), b, sizeof b, &len);
+        rc = kvidx_get(db, bench_mix(keys[i] ^ 0xdeadbeef), b, sizeof b, &len);
         if (rc != KVIDX_NOTFOUND) die("readmissing: found a key never written", rc);
     }
-    report("readmissing", n, now() - t);
+    report("readmissing", n, bench_now_s() - t);
 
     memset(&sc, 0, sizeof sc);
-    t = now();
+    t = bench_now_s();
     if ((rc = kvidx_scan(db, 0, UINT64_MAX, scan_cb, &sc))) die("scan", rc);
     if (sc.n != n || sc.bad) die("scan: wrong keys", KVIDX_ECORRUPT);
-    report("scan (full)", n, now() - t);
+    report("scan (full)", n, bench_now_s() - t);
 
     st.size = sizeof st;
     kvidx_stat(db, &st);
@@ -142,33 +130,33 @@ int main(int argc, char **argv) {
            (double)st.disk_bytes / 1048576.0, (double)st.disk_bytes / (double)st.keys,
            (double)st.disk_bytes / (double)st.keys / 264.0, (double)st.map_bytes / (double)st.keys);
 
-    t = now();
+    t = bench_now_s();
     for (i = 0; i < n; i++) {
         make_val(keys[i], 2, v);
         if ((rc = kvidx_put(db, keys[i], v, VLEN))) die("overwrite", rc);
     }
-    report("overwrite", n, now() - t);
+    report("overwrite", n, bench_now_s() - t);
 
-    t = now();
+    t = bench_now_s();
     if ((rc = kvidx_close(db))) die("close", rc);
-    report("close (sync)", 1, now() - t);
-    t = now();
+    report("close (sync)", 1, bench_now_s() - t);
+    t = bench_now_s();
     if ((rc = kvidx_open(dir, &o, &db))) die("reopen", rc);
-    report("reopen", n, now() - t);
+    report("reopen", n, bench_now_s() - t);
 
-    t = now();
+    t = bench_now_s();
     for (i = 0; i < n; i++) {
-        uint64_t k = keys[mix(i ^ seed ^ 7) % n];
+        uint64_t k = keys[bench_mix(i ^ seed ^ 7) % n];
         if ((rc = kvidx_get(db, k, b, sizeof b, &len))) die("get after reopen", rc);
         make_val(k, 2, v);
         if (len != VLEN || memcmp(b, v, VLEN)) die("readrandom after reopen: wrong value", KVIDX_ECORRUPT);
     }
-    report("readrandom2", n, now() - t);
+    report("readrandom2", n, bench_now_s() - t);
 
-    t = now();
+    t = bench_now_s();
     for (i = 0; i < n; i += 2)
         if ((rc = kvidx_delete(db, keys[i]))) die("delete", rc);
-    report("delete half", n / 2, now() - t);
+    report("delete half", n / 2, bench_now_s() - t);
 
     kvidx_stat(db, &st);
     printf("end: keys %" PRIu64 " records %" PRIu64 " garbage records %" PRIu64

@@ -15,6 +15,7 @@
 #define KVIDX_HARNESS_H
 
 #include <inttypes.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -80,6 +81,41 @@ static inline uint64_t t_rand(void) {
     return z ^ (z >> 31);
 }
 static inline uint64_t t_below(uint64_t n) { return n ? t_rand() % n : 0; }
+
+/* The splitmix64 finalizer: a stateless 64-bit mix, for values a test
+ * derives from (key, version) and must recompute. */
+static inline uint64_t t_mix64(uint64_t z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* Watchdog: t_watchdog(name, secs) arms SIGALRM; if the case is still
+ * running after secs, the program prints the case and exits 3, so a
+ * deadlock fails the run instead of hanging it. t_on_timeout, if set,
+ * runs first (async-signal-safe code only: e.g. kill a child). */
+static const char *t_case_name = "?";
+static void (*t_on_timeout)(void);
+
+static void t_alarm(int sig) {
+    static const char m[] = ": timeout (deadlock or runaway) in ";
+    ssize_t r;
+    (void)sig;
+    if (t_on_timeout) t_on_timeout();
+    r = write(2, t_prog, strlen(t_prog));
+    r = write(2, m, sizeof m - 1);
+    r = write(2, t_case_name, strlen(t_case_name));
+    r = write(2, "\n", 1);
+    (void)r;
+    _exit(3);
+}
+
+static inline void t_watchdog(const char *name, unsigned secs) {
+    signal(SIGALRM, t_alarm);
+    t_case_name = name;
+    alarm(secs);
+}
 
 static inline void t_init(const char *prog) {
     const char *s = getenv("KVIDX_SEED");

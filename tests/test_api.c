@@ -24,42 +24,17 @@
 
 static int g_scale = 1;
 
-/* ---- a watchdog: a deadlock fails the run instead of hanging it -------- */
-
-static const char *g_case = "?";
-
-static void on_alarm(int sig) {
-    static const char m[] = "test_api: timeout in test case (deadlock?): ";
-    ssize_t r;
-    (void)sig;
-    r = write(2, m, sizeof m - 1);
-    r = write(2, g_case, strlen(g_case));
-    r = write(2, "\n", 1);
-    (void)r;
-    _exit(3);
-}
-
-static void guard_secs(const char *name, unsigned secs) {
-    g_case = name;
-    alarm(secs);
-}
-
-/* generous: sanitizer builds are slow; only a hang hits this */
-static void guard(const char *name) { guard_secs(name, 600); }
+/* A deadlock fails the run instead of hanging it (harness watchdog);
+ * generous: sanitizer builds are slow, only a hang hits this. */
+static void guard_secs(const char *name, unsigned secs) { t_watchdog(name, secs); }
+static void guard(const char *name) { t_watchdog(name, 600); }
 
 /* ---- helpers ------------------------------------------------------------- */
-
-static uint64_t mix64(uint64_t z) {
-    z += 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
 
 /* Deterministic bytes for (seed): value content the test can recompute. */
 static void vfill(uint8_t *b, size_t len, uint64_t seed) {
     size_t i;
-    for (i = 0; i < len; i++) b[i] = (uint8_t)(mix64(seed * 1000003u + i) >> 17);
+    for (i = 0; i < len; i++) b[i] = (uint8_t)(t_mix64(seed * 1000003u + i) >> 17);
 }
 
 static void dcopy(char *dst, const char *src) {
@@ -1382,7 +1357,7 @@ typedef struct {
 } wscan;
 
 static void wval(uint8_t *v, size_t *len, uint64_t key, int gen) {
-    *len = (size_t)(mix64(key * 3 + (uint64_t)gen) % (KVIDX_VALUE_MAX + 1));
+    *len = (size_t)(t_mix64(key * 3 + (uint64_t)gen) % (KVIDX_VALUE_MAX + 1));
     vfill(v, *len, key * 3 + (uint64_t)gen);
 }
 
@@ -1788,7 +1763,6 @@ static void test_log_callback(void) {
 int main(void) {
     const char *s = getenv("KVIDX_TEST_SCALE");
     if (s && atoi(s) > 1) g_scale = atoi(s);
-    signal(SIGALRM, on_alarm);
     t_init("test_api");
     T_RUN(test_version_strerror);
     T_RUN(test_options_init);

@@ -31,26 +31,9 @@
 
 static uint64_t g_scale = 1;
 
-/* ---- a watchdog: a deadlock fails the run instead of hanging it -------- */
-
-static const char *g_case = "?";
-
-static void on_alarm(int sig) {
-    static const char m[] = "test_concurrency: timeout in test case (deadlock?): ";
-    ssize_t r;
-    (void)sig;
-    r = write(2, m, sizeof m - 1);
-    r = write(2, g_case, strlen(g_case));
-    r = write(2, "\n", 1);
-    (void)r;
-    _exit(3);
-}
-
-/* generous: sanitizer builds are slow; only a hang hits this */
-static void guard(const char *name) {
-    g_case = name;
-    alarm(120);
-}
+/* A deadlock fails the run instead of hanging it (harness watchdog);
+ * generous: sanitizer builds are slow, only a hang hits this. */
+static void guard(const char *name) { t_watchdog(name, 120); }
 
 /* ---- failures recorded by any thread ------------------------------------ */
 
@@ -73,7 +56,7 @@ static void tfail(const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "  %s: %s [seed %" PRIu64 "]\n", g_case, buf, t_seed);
+    fprintf(stderr, "  %s: %s [seed %" PRIu64 "]\n", t_case_name, buf, t_seed);
 }
 
 /* ---- time, randomness ---------------------------------------------------- */
@@ -84,19 +67,12 @@ static double now_s(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static uint64_t mix64(uint64_t z) {
-    z += 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 /* A thread's own generator (t_rand is the main thread's). */
 typedef struct {
     uint64_t s;
 } rng;
 
-static uint64_t rnext(rng *r) { return mix64(r->s += 0x632BE59BD9B4E019ull); }
+static uint64_t rnext(rng *r) { return t_mix64(r->s += 0x632BE59BD9B4E019ull); }
 static uint64_t rbelow(rng *r, uint64_t n) { return n ? rnext(r) % n : 0; }
 
 /* ---- values: key, version, deterministic body, checksum ------------------ */
@@ -114,17 +90,17 @@ static uint64_t hash_bytes(const uint8_t *p, size_t n) {
     uint64_t h = 0xcbf29ce484222325ull;
     size_t i;
     for (i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
-    return mix64(h);
+    return t_mix64(h);
 }
 
 /* Writes the value of (key, ver) into b; returns its length, VMIN..256. */
 static size_t enc_value(uint8_t *b, uint64_t key, uint64_t ver) {
-    uint64_t seed = mix64(key * 0x100000001B3ull ^ mix64(ver)), x = 0;
+    uint64_t seed = t_mix64(key * 0x100000001B3ull ^ t_mix64(ver)), x = 0;
     size_t len = VMIN + (size_t)(seed % (KVIDX_VALUE_MAX - VMIN + 1)), i;
     put64(b, key);
     put64(b + 8, ver);
     for (i = 16; i < len - 8; i++) {
-        if (((i - 16) & 7) == 0) x = mix64(seed + i);
+        if (((i - 16) & 7) == 0) x = t_mix64(seed + i);
         b[i] = (uint8_t)(x >> (8 * ((i - 16) & 7)));
     }
     put64(b + len - 8, hash_bytes(b, len - 8));
@@ -667,11 +643,11 @@ typedef struct {
 /* What round r does: its key (an index into the model; the key itself is
  * spread over the key space and so over the shards) and its op. */
 static size_t ryw_idx(const ryw *x, uint64_t r) {
-    return (size_t)(mix64(x->seed ^ r * 0x9E3779B97F4A7C15ull) % RYW_KEYS);
+    return (size_t)(t_mix64(x->seed ^ r * 0x9E3779B97F4A7C15ull) % RYW_KEYS);
 }
 static uint64_t ryw_keyof(size_t i) { return (uint64_t)i * 7919 % 1000003; }
-static int ryw_is_del(const ryw *x, uint64_t r) { return mix64(x->seed + r) % 8 == 0; }
-static int ryw_by_scan(const ryw *x, uint64_t r) { return mix64(x->seed - r) % 8 == 0; }
+static int ryw_is_del(const ryw *x, uint64_t r) { return t_mix64(x->seed + r) % 8 == 0; }
+static int ryw_by_scan(const ryw *x, uint64_t r) { return t_mix64(x->seed - r) % 8 == 0; }
 typedef struct {
     uint64_t key, n, ver;
     int v;
@@ -1290,7 +1266,6 @@ static void test_close_after_threads(void) {
 int main(void) {
     const char *s = getenv("KVIDX_TEST_SCALE");
     if (s && atoi(s) > 1) g_scale = (uint64_t)atoi(s);
-    signal(SIGALRM, on_alarm);
     t_init("test_concurrency");
     T_RUN(test_stress_readers_writers);
     T_RUN(test_read_your_writes_across_threads);

@@ -110,6 +110,22 @@ static void hook(int point, unsigned arg) {
     }
 }
 
+/* The reader says which side it is reading (-1: none), for the writer's
+ * APPLY hook to check against. */
+static void reader_on(int side) {
+    pthread_mutex_lock(&g_mu);
+    g_reader_side = side;
+    pthread_mutex_unlock(&g_mu);
+}
+
+/* The reader leaves its section; then the writer, if started, finishes. */
+static void reader_leave(vs_shard *s, lr_slot *sl) {
+    reader_on(-1);
+    lr_depart(s->lr, sl);
+    if (g_writer_started) pthread_join(g_writer, NULL);
+    g_writer_started = 0;
+}
+
 static void reset(kvidx *db, uint64_t key) {
     g_writer_waiting = g_puts_done = g_violations = g_park_on_arrive = g_park_on_enter = 0;
     g_reader_side = -1;
@@ -172,9 +188,7 @@ static void test_parked_before_side(void) {
     lr_test_hook = hook;
 
     sl = vs_read_begin(s, &side, &bsec); /* the hook runs the writer here */
-    pthread_mutex_lock(&g_mu);
-    g_reader_side = (int)side;
-    pthread_mutex_unlock(&g_mu);
+    reader_on((int)side);
     CHECK(g_writer_started);
     CHECK(g_writer_waiting);         /* it waits for the parked reader ... */
     CHECK(g_puts_done == 0);         /* ... inside its first publish */
@@ -186,12 +200,7 @@ static void test_parked_before_side(void) {
     CHECK(g_puts_done == 0);
     CHECK_RC(read_in_section(db, side, bsec, 7, b, &len), KVIDX_OK);
     CHECK(len == 2 && memcmp(b, "v1", 2) == 0);
-    pthread_mutex_lock(&g_mu);
-    g_reader_side = -1;
-    pthread_mutex_unlock(&g_mu);
-    lr_depart(s->lr, sl);
-
-    if (g_writer_started) pthread_join(g_writer, NULL);
+    reader_leave(s, sl);
     lr_test_hook = NULL;
     CHECK(g_puts_done == 2);
     CHECK(g_violations == 0);
@@ -227,9 +236,7 @@ static void test_parked_before_arrive(void) {
     if (g_writer_started) pthread_join(g_writer, NULL);
     CHECK(g_puts_done == 1);
     CHECK(!g_writer_waiting); /* nobody had arrived: no reason to wait */
-    pthread_mutex_lock(&g_mu);
-    g_reader_side = (int)side;
-    pthread_mutex_unlock(&g_mu);
+    reader_on((int)side);
     CHECK_RC(read_in_section(db, side, bsec, 5, b, &len), KVIDX_OK);
     CHECK(len == 2 && memcmp(b, "w1", 2) == 0);
 
@@ -243,11 +250,7 @@ static void test_parked_before_arrive(void) {
     CHECK(g_puts_done == 1);
     CHECK_RC(read_in_section(db, side, bsec, 5, b, &len), KVIDX_OK);
     CHECK(len == 2 && memcmp(b, "w1", 2) == 0);
-    pthread_mutex_lock(&g_mu);
-    g_reader_side = -1;
-    pthread_mutex_unlock(&g_mu);
-    lr_depart(s->lr, sl);
-    if (g_writer_started) pthread_join(g_writer, NULL);
+    reader_leave(s, sl);
     lr_test_hook = NULL;
     CHECK(g_puts_done == 2);
     CHECK(g_violations == 0);
@@ -283,9 +286,7 @@ static void test_parked_while_reading(void) {
         vi0 = s->lr->vi;
         sl = vs_read_begin(s, &side, &bsec);
         CHECK(sl >= &s->lr->ind[vi0][0] && sl < &s->lr->ind[vi0][KVIDX_LR_STRIPES]);
-        pthread_mutex_lock(&g_mu);
-        g_reader_side = (int)side;
-        pthread_mutex_unlock(&g_mu);
+        reader_on((int)side);
         start_writer();
         CHECK(g_writer_started);
         CHECK(wait_flag(&g_writer_waiting));
@@ -293,11 +294,7 @@ static void test_parked_while_reading(void) {
         CHECK(g_puts_done == 0);
         CHECK_RC(read_in_section(db, side, bsec, 9, b, &len), KVIDX_OK);
         CHECK(len == 2 && memcmp(b, now, 2) == 0); /* its map did not change */
-        pthread_mutex_lock(&g_mu);
-        g_reader_side = -1;
-        pthread_mutex_unlock(&g_mu);
-        lr_depart(s->lr, sl);
-        if (g_writer_started) pthread_join(g_writer, NULL);
+        reader_leave(s, sl);
         CHECK(g_puts_done == 1);
         CHECK(g_violations == 0);
         CHECK(s->lr->vi == (vi0 ^ 1));
@@ -349,8 +346,7 @@ static void test_buffer_reuse_waits(void) {
     k = 1234;
     memcpy(v, &k, sizeof k);
     CHECK(len == VS_SLOT && memcmp(b, v, VS_SLOT) == 0);
-    lr_depart(s->lr, sl);
-    if (g_writer_started) pthread_join(g_writer, NULL);
+    reader_leave(s, sl);
     lr_test_hook = NULL;
     CHECK(g_puts_done == 1);
     CHECK(s->lr->bsec == 1); /* flushed: key 1234 now reads from the value log */

@@ -30,24 +30,9 @@ static uint64_t g_scale = 1;
 
 /* ---- watchdog ------------------------------------------------------------ */
 
-static void on_alarm(int sig) {
-    static const char m[] = "test_model: timeout (deadlock or runaway)\n";
-    ssize_t r = write(2, m, sizeof m - 1);
-    (void)r;
-    (void)sig;
-    _exit(3);
-}
-
 /* ---- values derived from (seed, kind) ---------------------------------- */
 
 enum { V_RANDOM, V_ZERO, V_ONES, V_LOW };
-
-static uint64_t mix64(uint64_t z) {
-    z += 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
 
 static void mkval(uint8_t *b, size_t len, uint64_t seed, int kind) {
     size_t i;
@@ -59,10 +44,10 @@ static void mkval(uint8_t *b, size_t len, uint64_t seed, int kind) {
         break;
     default:
         for (i = 0; i + 8 <= len; i += 8) {
-            uint64_t x = mix64(seed + i);
+            uint64_t x = t_mix64(seed + i);
             memcpy(b + i, &x, 8);
         }
-        for (; i < len; i++) b[i] = (uint8_t)mix64(seed ^ (i << 40));
+        for (; i < len; i++) b[i] = (uint8_t)t_mix64(seed ^ (i << 40));
     }
 }
 
@@ -87,7 +72,7 @@ typedef struct {
 } model;
 
 static size_t m_slot(const model *m, uint64_t key) {
-    size_t i = (size_t)mix64(key ^ 0x5bd1e995u) & (m->cap - 1);
+    size_t i = (size_t)t_mix64(key ^ 0x5bd1e995u) & (m->cap - 1);
     while (m->t[i].used && m->t[i].key != key) i = (i + 1) & (m->cap - 1);
     return i;
 }
@@ -500,8 +485,7 @@ static void test_model_four_shards(void) {
 int main(void) {
     const char *s = getenv("KVIDX_TEST_SCALE");
     if (s && strtoull(s, NULL, 10) > 1) g_scale = strtoull(s, NULL, 10);
-    signal(SIGALRM, on_alarm);
-    alarm(1800);
+    t_watchdog("test_model", 1800);
     t_init("test_model");
     T_RUN(test_model_one_shard);
     T_RUN(test_model_four_shards);
