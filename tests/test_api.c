@@ -324,6 +324,21 @@ static void test_options_init(void) {
  * open / close
  * ====================================================================== */
 
+/* Opening d with o must return EINVAL, leave *out alone and create
+ * nothing at d. what/v name the bad option in the failure message. */
+static void expect_open_refused(const char *d, const kvidx_options *o, const char *what,
+                                unsigned v) {
+    kvidx *const SENT = (kvidx *)(void *)&g_scale, *db = SENT; /* "not written" marker */
+    if (kvidx_open(d, o, &db) != KVIDX_EINVAL) {
+        t_case_failures++;
+        fprintf(stderr, "open with %s 0x%x: not EINVAL\n", what, v);
+        if (db != SENT) kvidx_close(db);
+        t_rmrf(d);
+    }
+    CHECK(db == SENT);
+    CHECK(!path_exists(d));
+}
+
 static void test_open_bad_args(void) {
     char d[PATHSZ];
     kvidx *db, *const SENT = (kvidx *)(void *)&g_scale;
@@ -347,15 +362,7 @@ static void test_open_bad_args(void) {
 
     for (i = 0; i < sizeof bad_shards / sizeof bad_shards[0]; i++) {
         o = mkopts(KVIDX_CREATE, bad_shards[i]);
-        db = SENT;
-        if (kvidx_open(d, &o, &db) != KVIDX_EINVAL) {
-            t_case_failures++;
-            fprintf(stderr, "open with shards %u: not EINVAL\n", bad_shards[i]);
-            if (db != SENT) kvidx_close(db);
-            t_rmrf(d);
-        }
-        CHECK(db == SENT);
-        CHECK(!path_exists(d));
+        expect_open_refused(d, &o, "shards", bad_shards[i]);
     }
 
     o = mkopts(KVIDX_CREATE, 8);
@@ -367,15 +374,7 @@ static void test_open_bad_args(void) {
 
     for (i = 0; i < sizeof bad_flags / sizeof bad_flags[0]; i++) {
         o = mkopts(bad_flags[i], 8);
-        db = SENT;
-        if (kvidx_open(d, &o, &db) != KVIDX_EINVAL) {
-            t_case_failures++;
-            fprintf(stderr, "open with flags 0x%x: not EINVAL\n", bad_flags[i]);
-            if (db != SENT) kvidx_close(db);
-            t_rmrf(d);
-        }
-        CHECK(db == SENT);
-        CHECK(!path_exists(d));
+        expect_open_refused(d, &o, "flags", bad_flags[i]);
     }
 
     /* The good options still work afterwards, on the very same path. */
