@@ -27,8 +27,8 @@ TESTBINS := $(addprefix $(OUT)/,$(TESTS_BB) $(TESTS_WB))
 
 
 .PHONY: bench-lr
-.PHONY: all deps lib test demo bench asan tsan valgrind install uninstall \
-        check-symbols clean help run-tests
+.PHONY: all deps lib test demo bench bench-deps bench-values asan tsan valgrind install \
+        uninstall check-symbols clean help run-tests
 
 all: deps libkvidx.a libkvidx.so.$(VERSION) kvidx.pc
 
@@ -74,9 +74,13 @@ run-tests: $(TESTBINS)
 	@mkdir -p tests/tmp
 	@sh tests/run.sh $(TESTBINS)
 
+# These reopen databases of a few MiB: have them open shards on threads
+# as a large database would.
+$(OUT)/test_model $(OUT)/test_crash: TFLAGS := -DKVIDX_OPEN_PARALLEL=0
+
 $(addprefix $(OUT)/,$(TESTS_BB)): $(OUT)/%: tests/%.c kvidx.c kvidx.h tests/harness.h
 	@mkdir -p $(OUT)
-	$(CC) $(WARN) -D_GNU_SOURCE -O1 -g $(SAN) -I. tests/$*.c kvidx.c -o $@ $(LDLIBS)
+	$(CC) $(WARN) -D_GNU_SOURCE -O1 -g $(SAN) $(TFLAGS) -I. tests/$*.c kvidx.c -o $@ $(LDLIBS)
 
 $(addprefix $(OUT)/,$(TESTS_WB)): $(OUT)/%: tests/%.c kvidx.c kvidx.h tests/harness.h
 	@mkdir -p $(OUT)
@@ -91,7 +95,20 @@ build/quickstart: examples/quickstart.c kvidx.c kvidx.h
 	@mkdir -p build
 	$(CC) $(WARN) $(CFLAGS) -I. examples/quickstart.c kvidx.c -o $@ $(LDLIBS)
 
-bench: deps build/bench_values
+# kvidx against LMDB, RocksDB and LevelDB, one run (bench/bench_kv.c; several minutes).
+bench: deps bench-deps build/bench_kv
+	./build/bench_kv
+
+bench-deps:
+	@sh tests/deps.sh $(BENCH_DEPS)
+
+build/bench_kv: bench/bench_kv.c bench/bench.h kvidx.c kvidx.h | deps bench-deps
+	@mkdir -p build
+	$(CC) $(WARN) -D_GNU_SOURCE -O2 -g -DNDEBUG -I. bench/bench_kv.c kvidx.c -o $@ \
+	  -llmdb -lrocksdb -lleveldb $(LDLIBS)
+
+# The value store alone.
+bench-values: deps build/bench_values
 	./build/bench_values
 
 # Left-Right against a rwlock build of the same code (bench/lr.sh).
@@ -142,7 +159,8 @@ help:
 	@echo "make asan       the tests under AddressSanitizer + UBSan"
 	@echo "make tsan       the tests under ThreadSanitizer"
 	@echo "make valgrind   test_api under valgrind memcheck"
-	@echo "make bench      the value benchmark (bench/bench_values.c)"
+	@echo "make bench      kvidx against LMDB, RocksDB, LevelDB (bench/bench_kv.c; installs them)"
+	@echo "make bench-values  the value store alone (bench/bench_values.c)"
 	@echo "make bench-lr   reads under a writer: Left-Right against a rwlock build"
 	@echo "make install    install to \$$DESTDIR\$$PREFIX (default /usr/local)"
 	@echo "make uninstall  remove what install put there"

@@ -89,6 +89,16 @@
 #define KVIDX_SCAN_BATCH 2048
 #endif
 
+/* Open replays shards on up to this many threads (one per CPU) when the
+ * key logs hold at least KVIDX_OPEN_PARALLEL bytes; smaller databases
+ * open on the calling thread alone. */
+#ifndef KVIDX_OPEN_THREADS
+#define KVIDX_OPEN_THREADS 64
+#endif
+#ifndef KVIDX_OPEN_PARALLEL
+#define KVIDX_OPEN_PARALLEL ((uint64_t)8 << 20)
+#endif
+
 /* Fixed geometry of format version 1 (written into the header; a database
  * with other values is refused). */
 #define VS_PAGE 4096u                       /* file header page; alignment of direct IO */
@@ -183,6 +193,33 @@ static void *os_calloc(size_t n, size_t sz) {
     return calloc(n ? n : 1, sz ? sz : 1);
 }
 static void os_free(void *p) { free(p); }
+
+/* Zeroed memory for a hash table of n bytes. Tables of 2 MiB and more are
+ * mapped on a 2 MiB boundary and offered to transparent huge pages: a
+ * random lookup in a large table then costs a cache miss, not also a
+ * page walk (on a VM a two-level one). Free with os_table_free(p, n). */
+#define OS_HUGE ((size_t)2 << 20)
+static void *os_table_alloc(size_t n) {
+    size_t len;
+    uint8_t *p, *a;
+    if (n < OS_HUGE) return os_calloc(1, n);
+    if (OS_FAULT(OS_MALLOC, "table")) return NULL;
+    len = (n + OS_HUGE - 1) & ~(OS_HUGE - 1);
+    p = mmap(NULL, len + OS_HUGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+    a = (uint8_t *)(((uintptr_t)p + OS_HUGE - 1) & ~(uintptr_t)(OS_HUGE - 1));
+    if (a > p) munmap(p, (size_t)(a - p));
+    if (a + len < p + len + OS_HUGE) munmap(a + len, (size_t)(p + len + OS_HUGE - (a + len)));
+#ifdef MADV_HUGEPAGE
+    madvise(a, len, MADV_HUGEPAGE); /* advice: without THP the table still works */
+#endif
+    return a;
+}
+static void os_table_free(void *p, size_t n) {
+    if (!p) return;
+    if (n < OS_HUGE) free(p);
+    else munmap(p, (n + OS_HUGE - 1) & ~(OS_HUGE - 1));
+}
 
 /* open(2); returns the fd or -errno. */
 static int os_open(int dirfd, const char *name, int flags, int mode) {
@@ -407,7 +444,7 @@ typedef struct lr_ht {
 static uint64_t lr_home(const lr_ht *t, uint64_t h) { return h >> (64 - t->bits); }
 
 static int lr_ht_init(lr_ht *t, unsigned bits) {
-    t->cell = os_calloc((size_t)1 << bits, sizeof(lr_ent));
+    t->cell = os_table_alloc(((size_t)1 << bits) * sizeof(lr_ent));
     if (!t->cell) return KVIDX_ENOMEM;
     t->bits = bits;
     t->cap = (uint64_t)1 << bits;
@@ -444,16 +481,15 @@ static int lr_ht_full(const lr_ht *t) { return (t->n + 1) * 4 > t->cap * 3; }
  * may run on the side readers use. */
 static int lr_ht_room(lr_ht *t) {
     if (!lr_ht_full(t) || t->grow) return KVIDX_OK;
-    t->grow = os_calloc((size_t)t->cap * 2, sizeof(lr_ent));
+    t->grow = os_table_alloc((size_t)t->cap * 2 * sizeof(lr_ent));
     return t->grow ? KVIDX_OK : KVIDX_ENOMEM;
 }
 
-/* Installs the reserved array if one more key needs it. Only on a side no
- * reader uses: the old array is freed at once. */
-static void lr_ht_make_room(lr_ht *t) {
+/* Installs the reserved doubled array. Only on a side no reader uses: the
+ * old array is freed at once. */
+static void lr_ht_rehash(lr_ht *t) {
     lr_ht nt;
     uint64_t i;
-    if (!lr_ht_full(t)) return;
     nt.cell = t->grow;
     nt.bits = t->bits + 1;
     nt.cap = t->cap * 2;
@@ -463,8 +499,23 @@ static void lr_ht_make_room(lr_ht *t) {
         const lr_ent *e = &t->cell[i];
         if (e->used) *lr_ht_cell(&nt, e->key, ck_key(e->key)) = *e;
     }
-    os_free(t->cell);
+    os_table_free(t->cell, (size_t)t->cap * sizeof(lr_ent));
     *t = nt;
+}
+
+/* Installs the reserved array if one more key needs it. */
+static void lr_ht_make_room(lr_ht *t) {
+    if (lr_ht_full(t)) lr_ht_rehash(t);
+}
+
+/* Grows a table no reader uses until k more keys fit (recovery). */
+static int lr_ht_fit(lr_ht *t, uint64_t k) {
+    while ((t->n + k) * 4 > t->cap * 3) {
+        if (!t->grow && !(t->grow = os_table_alloc((size_t)t->cap * 2 * sizeof(lr_ent))))
+            return KVIDX_ENOMEM;
+        lr_ht_rehash(t);
+    }
+    return KVIDX_OK;
 }
 
 /* Removes the entry at e by shifting later members of its probe run back
@@ -742,6 +793,60 @@ static size_t lr_bt_collect(const lr_bt *t, uint64_t from, uint64_t to, uint64_t
     return n;
 }
 
+static void lr_bt_free_node(lr_node *nd);
+
+/* Builds the tree of an empty t from n ascending distinct keys, one level
+ * at a time, spreading keys (children) evenly over the fewest nodes: O(n),
+ * where n inserts would cost O(n log n) and leave nodes half full. */
+static int lr_bt_build(lr_bt *t, const uint64_t *keys, size_t n) {
+    size_t cnt = (n + KVIDX_BT_CAP - 1) / KVIDX_BT_CAP, i = 0, j, from = 0;
+    unsigned height = 1;
+    lr_node **lvl;
+    if (!n) return KVIDX_OK;
+    lvl = os_malloc(cnt * sizeof *lvl);
+    if (!lvl) return KVIDX_ENOMEM;
+    for (i = 0; i < cnt; i++) {
+        size_t take = n / cnt + (i < n % cnt);
+        if (!(lvl[i] = lr_node_new(1))) goto fail;
+        memcpy(lvl[i]->key, keys + from, take * sizeof *keys);
+        lvl[i]->n = (uint32_t)take;
+        from += take;
+    }
+    t->nleaf = cnt;
+    while (cnt > 1) {
+        size_t up = (cnt + KVIDX_BT_CAP - 1) / KVIDX_BT_CAP;
+        for (i = 0, from = 0; i < up; i++) {
+            size_t take = cnt / up + (i < cnt % up);
+            lr_node *nd = lr_node_new(0);
+            if (!nd) goto fail;
+            for (j = 0; j < take; j++) {
+                const lr_node *c = lvl[from + j];
+                nd->kid[j] = lvl[from + j];
+                nd->key[j] = c->key[c->n - 1];
+            }
+            nd->n = (uint32_t)take;
+            from += take;
+            lvl[i] = nd; /* i < from: the slot's node is already a child */
+        }
+        t->ninner += up;
+        cnt = up;
+        height++;
+    }
+    t->root = lvl[0];
+    t->height = height;
+    os_free(lvl);
+    return KVIDX_OK;
+fail:
+    /* lvl[0, i) hold built subtrees; above the leaves (nleaf set),
+     * lvl[from, cnt) also hold nodes of the level below not yet adopted. */
+    for (j = 0; j < i; j++) lr_bt_free_node(lvl[j]);
+    if (t->nleaf)
+        for (j = from; j < cnt; j++) lr_bt_free_node(lvl[j]);
+    t->nleaf = t->ninner = 0;
+    os_free(lvl);
+    return KVIDX_ENOMEM;
+}
+
 static void lr_bt_free_node(lr_node *nd) {
     unsigned i;
     if (!nd) return;
@@ -775,8 +880,8 @@ static int lr_map_init(lr_map *m) {
 }
 
 static void lr_map_free(lr_map *m) {
-    os_free(m->ht.cell);
-    os_free(m->ht.grow);
+    os_table_free(m->ht.cell, (size_t)m->ht.cap * sizeof(lr_ent));
+    os_table_free(m->ht.grow, (size_t)m->ht.cap * 2 * sizeof(lr_ent));
     lr_bt_free(&m->bt);
     memset(m, 0, sizeof *m);
 }
@@ -827,10 +932,10 @@ static uint64_t lr_map_bytes(const lr_map *m) {
 #ifndef KVIDX_BENCH_RWLOCK
 /* Makes dst's table a copy of src's (dst freshly initialised, no tree). */
 static int lr_map_copy_table(lr_map *dst, const lr_map *src) {
-    lr_ent *cell = os_malloc((size_t)src->ht.cap * sizeof(lr_ent));
+    lr_ent *cell = os_table_alloc((size_t)src->ht.cap * sizeof(lr_ent));
     if (!cell) return KVIDX_ENOMEM;
     memcpy(cell, src->ht.cell, (size_t)src->ht.cap * sizeof(lr_ent));
-    os_free(dst->ht.cell);
+    os_table_free(dst->ht.cell, (size_t)dst->ht.cap * sizeof(lr_ent));
     dst->ht = src->ht;
     dst->ht.cell = cell;
     dst->ht.grow = NULL;
@@ -1075,21 +1180,20 @@ static void lr_sort_keys(uint64_t *a, uint64_t *tmp, size_t n) {
     if (src != a) memcpy(a, src, n * sizeof *a);
 }
 
-/* Builds the tree from the keys of the table (after recovery). */
-static int lr_map_build_tree(lr_map *m) {
+/* Builds the trees of maps m[0, nm) (empty) from the keys of m[0]'s
+ * table, sorted once (recovery). */
+static int lr_map_build_trees(lr_map *m, unsigned nm) {
     uint64_t *keys, *tmp, i, n = 0;
+    unsigned j;
     int rc = KVIDX_OK;
-    if (m->ht.n == 0) return KVIDX_OK;
-    keys = os_malloc(m->ht.n * sizeof *keys);
-    tmp = os_malloc(m->ht.n * sizeof *tmp);
+    if (m[0].ht.n == 0) return KVIDX_OK;
+    keys = os_malloc(m[0].ht.n * sizeof *keys);
+    tmp = os_malloc(m[0].ht.n * sizeof *tmp);
     if (!keys || !tmp) rc = KVIDX_ENOMEM;
-    for (i = 0; !rc && i < m->ht.cap; i++)
-        if (m->ht.cell[i].used) keys[n++] = m->ht.cell[i].key;
+    for (i = 0; !rc && i < m[0].ht.cap; i++)
+        if (m[0].ht.cell[i].used) keys[n++] = m[0].ht.cell[i].key;
     if (!rc) lr_sort_keys(keys, tmp, n);
-    for (i = 0; !rc && i < n; i++) {
-        rc = lr_bt_reserve(&m->bt);
-        if (!rc) lr_bt_insert(&m->bt, keys[i]);
-    }
+    for (j = 0; !rc && j < nm; j++) rc = lr_bt_build(&m[j].bt, keys, n);
     os_free(keys);
     os_free(tmp);
     return rc;
@@ -1584,6 +1688,8 @@ static int vs_rec_sane(const vs_shard *s, const vs_rec *r, uint32_t prev_epoch,
  * it a torn tail. A record past the durable prefix whose value lives in
  * the buffer must also find its value intact (a power cut may have
  * persisted the record but not the value page). */
+#define VS_REPLAY_BATCH 32u
+
 static int vs_replay(vs_shard *s, uint64_t fsize, int rw) {
     const uint64_t chunk = 32768; /* records per read: 1 MiB */
     uint64_t nrec = (fsize - VS_PAGE) / VS_REC, pos = 0, last_slot = UINT64_MAX, i;
@@ -1598,32 +1704,43 @@ static int vs_replay(vs_shard *s, uint64_t fsize, int rw) {
             rc = os_rc(r);
             break;
         }
-        for (i = 0; i < n; i++, pos++) {
-            vs_rec rec;
-            lr_ent *c;
-            int ok = vs_rec_decode(buf + i * VS_REC, &rec) &&
-                     vs_rec_sane(s, &rec, prev_epoch, last_slot);
-            if (ok && rec.slot != VS_NOSLOT && pos >= s->st.synced &&
-                (rec.slot >> VS_SEC_SHIFT) == s->lr->bsec)
-                ok = ck_value(vs_slot_ptr(s, s->lr->bsec, rec.slot), rec.len) == rec.vsum;
-            if (!ok) {
-                if (pos < s->st.synced) rc = KVIDX_ECORRUPT;
-                else torn = 1;
-                break;
+        for (i = 0; i < n && !torn && !rc;) {
+            /* Up to VS_REPLAY_BATCH records are checked, then their table
+             * cells are prefetched together and the records applied in
+             * order: the cache misses of a batch overlap. */
+            vs_rec rec[VS_REPLAY_BATCH];
+            uint64_t h[VS_REPLAY_BATCH];
+            unsigned m = 0, j;
+            lr_ht *t = &s->map[0].ht;
+            for (; m < VS_REPLAY_BATCH && i < n; i++, m++) {
+                vs_rec *rp = &rec[m];
+                int ok = vs_rec_decode(buf + i * VS_REC, rp) && vs_rec_sane(s, rp, prev_epoch, last_slot);
+                if (ok && rp->slot != VS_NOSLOT && pos + m >= s->st.synced &&
+                    (rp->slot >> VS_SEC_SHIFT) == s->lr->bsec)
+                    ok = ck_value(vs_slot_ptr(s, s->lr->bsec, rp->slot), rp->len) == rp->vsum;
+                if (!ok) {
+                    if (pos + m < s->st.synced) rc = KVIDX_ECORRUPT;
+                    else torn = 1;
+                    break;
+                }
+                prev_epoch = rp->epoch;
+                if (rp->slot != VS_NOSLOT) last_slot = rp->slot;
+                h[m] = ck_key(rp->key);
             }
-            prev_epoch = rec.epoch;
-            if (rec.slot != VS_NOSLOT) last_slot = rec.slot;
-            if (rec.flags & VS_F_TOMB) {
-                c = lr_ht_find(&s->map[0].ht, rec.key, ck_key(rec.key));
-                if (c) lr_ht_remove(&s->map[0].ht, c);
-                continue;
+            if (!rc && (rc = lr_ht_fit(t, m))) break;
+            for (j = 0; j < m; j++) __builtin_prefetch(&t->cell[lr_home(t, h[j])], 1);
+            for (j = 0; j < m; j++) {
+                lr_ent *c;
+                if (rec[j].flags & VS_F_TOMB) {
+                    if ((c = lr_ht_find(t, rec[j].key, h[j]))) lr_ht_remove(t, c);
+                    continue;
+                }
+                c = lr_ht_cell(t, rec[j].key, h[j]);
+                if (!c->used) t->n++;
+                c->key = rec[j].key, c->slot = rec[j].slot, c->len = rec[j].len;
+                c->vsum = rec[j].vsum, c->used = 1;
             }
-            if ((rc = lr_ht_room(&s->map[0].ht))) break;
-            lr_ht_make_room(&s->map[0].ht);
-            c = lr_ht_cell(&s->map[0].ht, rec.key, ck_key(rec.key));
-            if (!c->used) s->map[0].ht.n++;
-            c->key = rec.key, c->slot = rec.slot, c->len = rec.len, c->vsum = rec.vsum;
-            c->used = 1;
+            pos += m;
         }
     }
     if (!rc && pos < s->st.synced) rc = KVIDX_ECORRUPT; /* the log is shorter than its durable prefix */
@@ -1649,13 +1766,13 @@ static int vs_replay(vs_shard *s, uint64_t fsize, int rw) {
         const lr_ent *e = &s->map[0].ht.cell[i];
         vs_account(s, e, 1);
     }
-    rc = lr_map_build_tree(&s->map[0]);
-#ifndef KVIDX_BENCH_RWLOCK /* that benchmark build reads and writes map[0] only */
+#ifdef KVIDX_BENCH_RWLOCK /* that benchmark build reads and writes map[0] only */
+    return lr_map_build_trees(s->map, 1);
+#else
     /* The second map starts as a copy of the first. */
-    if (!rc) rc = lr_map_copy_table(&s->map[1], &s->map[0]);
-    if (!rc) rc = lr_map_build_tree(&s->map[1]);
+    rc = lr_map_copy_table(&s->map[1], &s->map[0]);
+    return rc ? rc : lr_map_build_trees(s->map, 2);
 #endif
-    return rc;
 }
 
 /* Opens a file of the shard; a missing file is damage, not absence. */
@@ -1930,6 +2047,58 @@ static void db_free(kvidx *db) {
     os_free(db);
 }
 
+/* Opening shards in parallel: one thread per CPU, each taking the next
+ * shard not yet taken. Every shard is opened (or fails) exactly as alone;
+ * the error of the lowest-numbered failing shard is returned. */
+typedef struct db_opener {
+    kvidx *db;
+    uint32_t next; /* atomic: the next shard to take */
+    int *rc;       /* per shard */
+} db_opener;
+
+static void *db_open_worker(void *arg) {
+    db_opener *o = arg;
+    uint32_t i;
+    while ((i = __atomic_fetch_add(&o->next, 1, __ATOMIC_RELAXED)) < o->db->nshards)
+        o->rc[i] = vs_open_shard(o->db, &o->db->sh[i]);
+    return NULL;
+}
+
+/* Bytes of key log over all shards: is the open worth threads? */
+static uint64_t db_key_bytes(const kvidx *db) {
+    uint64_t sum = 0;
+    uint32_t i;
+    for (i = 0; i < db->nshards; i++) {
+        char name[32];
+        struct stat st;
+        vs_name(name, sizeof name, db->sh[i].id, db->sh[i].gen, 'k');
+        if (!fstatat(db->dirfd, name, &st, 0)) sum += (uint64_t)st.st_size;
+    }
+    return sum;
+}
+
+static int db_open_shards(kvidx *db) {
+    pthread_t th[KVIDX_OPEN_THREADS];
+    db_opener o;
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    uint32_t i, nt = 0, want = cpus > 1 ? (uint32_t)cpus - 1 : 0;
+    int rc = KVIDX_OK;
+    if (want > db->nshards - 1) want = db->nshards - 1;
+    if (want > KVIDX_OPEN_THREADS) want = KVIDX_OPEN_THREADS;
+    if (want && db_key_bytes(db) + 1 <= KVIDX_OPEN_PARALLEL) want = 0;
+    o.db = db;
+    o.next = 0;
+    o.rc = os_calloc(db->nshards, sizeof *o.rc);
+    if (!o.rc) return KVIDX_ENOMEM;
+    for (nt = 0; nt < want; nt++) /* fewer threads than asked is fine */
+        if (pthread_create(&th[nt], NULL, db_open_worker, &o)) break;
+    db_open_worker(&o);
+    for (i = 0; i < nt; i++) pthread_join(th[i], NULL);
+    for (i = 0; i < db->nshards && !rc; i++) rc = o.rc[i];
+    os_free(o.rc);
+    return rc;
+}
+
 static int db_open(kvidx *db, const char *dir) {
     int rw = !(db->flags & KVIDX_RDONLY), create = rw && (db->flags & KVIDX_CREATE), rc;
     uint32_t i, hflags = 0;
@@ -1995,9 +2164,7 @@ static int db_open(kvidx *db, const char *dir) {
         if (!s->vmap) return KVIDX_ENOMEM;
     }
     if ((rc = db_find_gens(db))) return rc;
-    for (i = 0; i < db->nshards; i++)
-        if ((rc = vs_open_shard(db, &db->sh[i]))) return rc;
-    return KVIDX_OK;
+    return db_open_shards(db);
 }
 
 int kvidx_open(const char *dir, const kvidx_options *o, kvidx **out) {

@@ -745,6 +745,100 @@ static void test_collect_past_end(void) {
     lr_map_free(&m);
 }
 
+/* Checks the shape of the subtree at nd (depth levels above the leaves):
+ * counts in range, padding UINT64_MAX, keys ascending, each parent key
+ * the maximum of its child; counts nodes. Returns the number of faults. */
+static unsigned bt_shape(const lr_node *nd, unsigned depth, uint64_t *leaves, uint64_t *inner) {
+    unsigned bad = 0, i;
+    bad += nd->n < 1 || nd->n > KVIDX_BT_CAP;
+    bad += (nd->leaf != 0) != (depth == 0);
+    for (i = nd->n; i < KVIDX_BT_CAP; i++) bad += nd->key[i] != UINT64_MAX;
+    for (i = 1; i < nd->n; i++) bad += nd->key[i - 1] >= nd->key[i];
+    if (nd->leaf) {
+        ++*leaves;
+        return bad;
+    }
+    ++*inner;
+    for (i = 0; i < nd->n; i++) {
+        const lr_node *c = nd->kid[i];
+        bad += c->key[c->n - 1] != nd->key[i];
+        bad += bt_shape(c, depth - 1, leaves, inner);
+    }
+    return bad;
+}
+
+static unsigned bt_check(const lr_bt *t) {
+    uint64_t leaves = 0, inner = 0;
+    unsigned bad;
+    if (!t->root) return t->height != 0 || t->nleaf || t->ninner;
+    bad = bt_shape(t->root, t->height - 1, &leaves, &inner);
+    return bad + (leaves != t->nleaf) + (inner != t->ninner);
+}
+
+static int fail_after_n;
+static int fail_malloc_after(os_op op, const char *what) {
+    (void)what;
+    return op == OS_MALLOC && fail_after_n-- == 0 ? ENOMEM : 0;
+}
+
+/* The tree built at open from sorted keys: every size around node
+ * boundaries, the shape of a tree built by inserts, later inserts and
+ * deletes working on it, and a failed allocation at every point of the
+ * build leaving nothing behind (ASan's leak check). */
+static void test_bt_build(void) {
+    enum { N = 300000 };
+    static uint64_t keys[N], out[N];
+    static const size_t sizes[] = {0, 1, 2, 63, 64, 65, 127, 128, 129, 4095, 4096, 4097,
+                                   64 * 64 * 2 + 1, 262144, N};
+    size_t si, i, n, got;
+    uint64_t k = 0;
+    for (i = 0; i < N; i++) keys[i] = k += 2 + 2 * t_below(500); /* even */
+    for (si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+        lr_bt t;
+        unsigned bad = 0;
+        n = sizes[si];
+        memset(&t, 0, sizeof t);
+        REQUIRE(lr_bt_build(&t, keys, n) == KVIDX_OK);
+        bad += bt_check(&t);
+        got = lr_bt_collect(&t, 0, UINT64_MAX, out, N);
+        bad += got != n || memcmp(out, keys, n * sizeof *keys) != 0;
+        /* Odd keys go in between the built (even) ones, then every other
+         * built key goes out. */
+        for (i = 0; i < n && i < 5000; i++) {
+            REQUIRE(lr_bt_reserve(&t) == KVIDX_OK);
+            lr_bt_insert(&t, keys[i] + 1);
+        }
+        bad += bt_check(&t);
+        for (i = 0; i < n; i += 2) lr_bt_delete(&t, keys[i]);
+        bad += bt_check(&t);
+        got = lr_bt_collect(&t, 0, UINT64_MAX, out, N);
+        bad += got != n / 2 + (n < 5000 ? n : 5000);
+        CHECK(bad == 0);
+        if (bad) fprintf(stderr, "  (build of %zu keys)\n", n);
+        lr_bt_free(&t);
+    }
+    /* Allocation failure at each allocation of a build of 64*64+1 keys:
+     * the level array, 65 leaves, 2 internal nodes, the root. */
+    n = 64 * 64 + 1;
+    for (i = 0;; i++) {
+        lr_bt t;
+        int rc;
+        memset(&t, 0, sizeof t);
+        fail_after_n = (int)i;
+        os_fault_hook = fail_malloc_after;
+        rc = lr_bt_build(&t, keys, n);
+        os_fault_hook = NULL;
+        if (rc == KVIDX_OK) {
+            CHECK(bt_check(&t) == 0);
+            lr_bt_free(&t);
+            break;
+        }
+        CHECK_RC(rc, KVIDX_ENOMEM);
+        CHECK(t.root == NULL && t.nleaf == 0 && t.ninner == 0);
+    }
+    CHECK(i == 69);
+}
+
 static void test_radix_sort(void) {
     enum { N = 5000 };
     static uint64_t a[N], b[N], tmp[N];
@@ -762,6 +856,7 @@ int main(void) {
     T_RUN(test_map_model);
     T_RUN(test_collect_past_end);
     T_RUN(test_radix_sort);
+    T_RUN(test_bt_build);
     T_RUN(test_torn_record);
     T_RUN(test_truncated_key_log);
     T_RUN(test_torn_value);
