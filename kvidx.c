@@ -16,11 +16,10 @@
  *   6. Shards and the public API  open/close/sync, put/get/delete/scan
  *   7. Maintenance                stats
  *
- * Concurrency (this release): every shard has one mutex that serializes
- * its writers and its readers; a scan copies a batch of keys and values
- * out under that mutex and calls back with no lock held. The map and the
- * value store are written so that the mutex can be replaced by a
- * Left-Right double map without changing their on-disk behaviour.
+ * Concurrency: every shard has one mutex that serializes its writers, and
+ * two copies of its map (Left-Right, section 4): readers take no lock,
+ * make no system call and never wait. A scan copies a batch of keys and
+ * values out inside a read section and calls back with nothing held.
  */
 
 /* ======================================================================
@@ -52,6 +51,11 @@
 
 #define XXH_INLINE_ALL /* header-only: no link dependency, inlined hashes */
 #include <xxhash.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(KVIDX_NO_AVX2)
+#include <immintrin.h>
+#define CK_AVX2 1 /* ck_value has an AVX2 path, chosen at run time */
+#endif
 
 /* Default shard count of a new database (a power of two). */
 #ifndef KVIDX_SHARDS_DEFAULT
@@ -398,8 +402,65 @@ static uint64_t ck_key(uint64_t key) {
     return XXH3_64bits(b, 8);
 }
 
+#ifdef CK_AVX2
+/* XXH3-64 of 241..1024 bytes, the value XXH3_64bits gives, computed with
+ * AVX2 whatever the build's target. Why: a get verifies 256 bytes, and
+ * the ~200 instructions of XXH3's SSE2 path fill the CPU's reorder
+ * window, so the cache misses of consecutive gets stop overlapping; with
+ * a third of the instructions a hot get costs half the time
+ * (docs/BENCHMARKS.md). XXH3's long-input algorithm restricted to one
+ * block of the default secret (1024 bytes: no scrambling): stripes of 64
+ * bytes fold into eight 64-bit lanes, the last 64 bytes once more with
+ * the secret's end, then the lanes merge and avalanche. test_recovery
+ * checks it against XXH3_64bits at every length. */
+__attribute__((__target__("avx2"))) static inline void ck_stripe_avx2(__m256i acc[2],
+                                                                       const uint8_t *in,
+                                                                       const uint8_t *key) {
+    int i;
+    for (i = 0; i < 2; i++) {
+        __m256i d = _mm256_loadu_si256((const __m256i *)(const void *)(in + 32 * i));
+        __m256i k = _mm256_xor_si256(d, _mm256_loadu_si256((const __m256i *)(const void *)(key + 32 * i)));
+        /* lane += lo32(k) * hi32(k); the neighbouring lane += the data */
+        __m256i prod = _mm256_mul_epu32(k, _mm256_shuffle_epi32(k, _MM_SHUFFLE(0, 3, 0, 1)));
+        acc[i] = _mm256_add_epi64(acc[i], _mm256_shuffle_epi32(d, _MM_SHUFFLE(1, 0, 3, 2)));
+        acc[i] = _mm256_add_epi64(acc[i], prod);
+    }
+}
+
+__extension__ typedef unsigned __int128 ck_u128;
+
+__attribute__((__target__("avx2"))) static uint64_t ck_long_avx2(const uint8_t *in, size_t len) {
+    static const uint64_t init[8] = {XXH_PRIME32_3, XXH_PRIME64_1, XXH_PRIME64_2, XXH_PRIME64_3,
+                                     XXH_PRIME64_4, XXH_PRIME32_2, XXH_PRIME64_5, XXH_PRIME32_1};
+    const uint8_t *sec = XXH3_kSecret;
+    uint64_t lane[8], h = (uint64_t)len * XXH_PRIME64_1;
+    __m256i acc[2];
+    size_t i, n = (len - 1) / 64;
+    acc[0] = _mm256_loadu_si256((const __m256i *)(const void *)init);
+    acc[1] = _mm256_loadu_si256((const __m256i *)(const void *)(init + 4));
+    for (i = 0; i < n; i++) ck_stripe_avx2(acc, in + 64 * i, sec + 8 * i);
+    ck_stripe_avx2(acc, in + len - 64, sec + sizeof XXH3_kSecret - 64 - 7);
+    _mm256_storeu_si256((__m256i *)(void *)lane, acc[0]);
+    _mm256_storeu_si256((__m256i *)(void *)(lane + 4), acc[1]);
+    for (i = 0; i < 4; i++) {
+        uint64_t k[2]; /* x86-64 is little-endian: the bytes are the words */
+        ck_u128 m;
+        memcpy(k, sec + 11 + 16 * i, sizeof k);
+        m = (ck_u128)(lane[2 * i] ^ k[0]) * (lane[2 * i + 1] ^ k[1]);
+        h += (uint64_t)m ^ (uint64_t)(m >> 64);
+    }
+    h ^= h >> 37;
+    h *= 0x165667919E3779F9ull;
+    return h ^ (h >> 32);
+}
+#endif
+
 /* Checksum of a value: the low 32 bits of XXH3-64 of its bytes. */
 static uint32_t ck_value(const void *val, size_t len) {
+#ifdef CK_AVX2
+    if (len > 240 && len <= 1024 && __builtin_cpu_supports("avx2"))
+        return (uint32_t)ck_long_avx2(val, len);
+#endif
     return (uint32_t)XXH3_64bits(val, len);
 }
 
@@ -2346,7 +2407,7 @@ int kvidx_delete(kvidx *db, uint64_t key) {
 }
 
 /* A scan merges one cursor per shard. Each cursor holds a batch of keys
- * and values copied out of its shard under the shard's lock; the callback
+ * and values copied out of its shard inside a read section; the callback
  * runs on the copies with no lock held, and a drained cursor refills from
  * the key after its last. */
 typedef struct scan_item {
@@ -2361,28 +2422,51 @@ typedef struct scan_item {
 typedef struct scan_cur {
     scan_item *it;
     size_t n, i;
+    size_t want;   /* keys to fetch next: doubles up to the cursor's room */
     uint64_t next; /* refill from here */
     int done;      /* no keys left in range */
 } scan_cur;
 
-/* Refills cursor c of shard s with keys in [c->next, to]. A damaged value
- * ends the cursor with a SCAN_DAMAGED item: the merge delivers every key
- * below it, then stops with KVIDX_ECORRUPT when it comes up. */
-static void scan_fill(vs_shard *s, scan_cur *c, uint64_t to, uint64_t *keys, size_t cap) {
-    size_t n, i, m = 0;
+/* Scratch for one refill: keys from the tree, their entries. */
+typedef struct scan_tmp {
+    uint64_t *keys;
+    lr_ent *ent;
+} scan_tmp;
+
+/* Refills cursor c of shard s with up to c->want keys in [c->next, to].
+ * Inside the read section the table cells, then the value slots, are
+ * prefetched a batch at a time, so their cache misses overlap. A damaged
+ * value ends the cursor with a SCAN_DAMAGED item: the merge delivers
+ * every key below it, then stops with KVIDX_ECORRUPT when it comes up. */
+static void scan_fill(vs_shard *s, scan_cur *c, uint64_t to, const scan_tmp *tmp, size_t room) {
+    size_t n, i, m = 0, cap = c->want;
     uint64_t bsec;
     unsigned side;
     lr_slot *sl;
+    const lr_map *map;
     c->n = c->i = 0;
+    c->want = cap * 2 < room ? cap * 2 : room; /* short scans fetch little */
     sl = vs_read_begin(s, &side, &bsec);
-    n = lr_bt_collect(&s->map[side].bt, c->next, to, keys, cap);
+    map = &s->map[side];
+    n = lr_bt_collect(&map->bt, c->next, to, tmp->keys, cap);
+    for (i = 0; i < n; i++)
+        __builtin_prefetch(&map->ht.cell[lr_home(&map->ht, ck_key(tmp->keys[i]))]);
     for (i = 0; i < n; i++) {
-        const lr_ent *e = lr_map_get(&s->map[side], keys[i], ck_key(keys[i]));
+        const lr_ent *e = lr_map_get(map, tmp->keys[i], ck_key(tmp->keys[i]));
         if (!e) continue; /* cannot happen: the tree and the table change together */
-        c->it[m].key = keys[i];
-        c->it[m].len = e->len;
-        c->it[m].vsum = e->vsum;
-        vs_copy(s, bsec, e, c->it[m++].val);
+        tmp->ent[m] = *e;
+        if (e->len) {
+            const uint8_t *v = vs_slot_ptr(s, bsec, e->slot);
+            __builtin_prefetch(v);
+            __builtin_prefetch(v + e->len - 1);
+        }
+        m++;
+    }
+    for (i = 0; i < m; i++) {
+        c->it[i].key = tmp->ent[i].key;
+        c->it[i].len = tmp->ent[i].len;
+        c->it[i].vsum = tmp->ent[i].vsum;
+        vs_copy(s, bsec, &tmp->ent[i], c->it[i].val);
     }
     lr_depart(s->lr, sl);
     /* Checked outside the read section: the section stays short. */
@@ -2393,8 +2477,8 @@ static void scan_fill(vs_shard *s, scan_cur *c, uint64_t to, uint64_t *keys, siz
             c->done = 1;
         }
     c->n = m;
-    if (c->done || n < cap || (n && keys[n - 1] >= to)) c->done = 1;
-    else c->next = keys[n - 1] + 1;
+    if (c->done || n < cap || (n && tmp->keys[n - 1] >= to)) c->done = 1;
+    else c->next = tmp->keys[n - 1] + 1;
 }
 
 /* Binary heap of cursor indexes ordered by their current key. */
@@ -2416,25 +2500,28 @@ int kvidx_scan(kvidx *db, uint64_t from, uint64_t to, kvidx_scan_fn fn, void *ud
     size_t per, ns, i, nh = 0, *heap = NULL;
     scan_cur *cur = NULL;
     scan_item *items = NULL;
-    uint64_t *keys = NULL;
+    scan_tmp tmp = {NULL, NULL};
     if (rc) return rc;
     if (!fn || from > to) return KVIDX_EINVAL;
     ns = db->nshards;
-    /* Items per cursor: KVIDX_SCAN_BATCH split over the shards, 4..64. */
+    /* Items per cursor: KVIDX_SCAN_BATCH split over the shards, 4..64;
+     * the first fill takes a quarter of that. */
     per = KVIDX_SCAN_BATCH / 8 / ns;
     per = per < 4 ? 4 : per > 64 ? 64 : per;
     cur = os_calloc(ns, sizeof *cur);
     heap = os_calloc(ns, sizeof *heap);
     items = os_malloc(ns * per * sizeof *items);
-    keys = os_malloc(per * sizeof *keys);
-    if (!cur || !heap || !items || !keys) {
+    tmp.keys = os_malloc(per * sizeof *tmp.keys);
+    tmp.ent = os_malloc(per * sizeof *tmp.ent);
+    if (!cur || !heap || !items || !tmp.keys || !tmp.ent) {
         rc = KVIDX_ENOMEM;
         goto out;
     }
     for (i = 0; i < ns; i++) {
         cur[i].it = items + i * per;
         cur[i].next = from;
-        scan_fill(&db->sh[i], &cur[i], to, keys, per);
+        cur[i].want = per / 4;
+        scan_fill(&db->sh[i], &cur[i], to, &tmp, per);
         if (cur[i].n) heap[nh++] = i;
     }
     for (i = nh; i-- > 0;) scan_sift(cur, heap, nh, i);
@@ -2447,7 +2534,7 @@ int kvidx_scan(kvidx *db, uint64_t from, uint64_t to, kvidx_scan_fn fn, void *ud
         }
         if (fn(ud, it->key, it->val, it->len)) break;
         if (++c->i == c->n) {
-            if (!c->done) scan_fill(&db->sh[heap[0]], c, to, keys, per);
+            if (!c->done) scan_fill(&db->sh[heap[0]], c, to, &tmp, per);
             if (c->i == c->n) {
                 heap[0] = heap[--nh];
                 if (!nh) break;
@@ -2459,7 +2546,8 @@ out:
     os_free(cur);
     os_free(heap);
     os_free(items);
-    os_free(keys);
+    os_free(tmp.keys);
+    os_free(tmp.ent);
     return rc;
 }
 

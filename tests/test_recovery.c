@@ -839,6 +839,31 @@ static void test_bt_build(void) {
     CHECK(i == 69);
 }
 
+/* The AVX2 path of the value checksum gives XXH3_64bits's value at every
+ * length it takes, on random bytes and at every alignment. */
+static void test_value_checksum(void) {
+#ifdef CK_AVX2
+    static uint8_t buf[1024 + 64];
+    size_t len, i;
+    unsigned bad = 0;
+    if (!__builtin_cpu_supports("avx2")) {
+        printf("  (no AVX2 on this CPU: the portable path alone is used)\n");
+        return;
+    }
+    for (len = 241; len <= 1024; len++) {
+        size_t off = len % 61;
+        for (i = 0; i < sizeof buf; i++) buf[i] = (uint8_t)t_rand();
+        bad += ck_long_avx2(buf + off, len) != XXH3_64bits(buf + off, len);
+        bad += ck_value(buf + off, len) != (uint32_t)XXH3_64bits(buf + off, len);
+    }
+    memset(buf, 0xFF, sizeof buf);
+    bad += ck_long_avx2(buf, 256) != XXH3_64bits(buf, 256);
+    CHECK(bad == 0);
+#else
+    printf("  (built without the AVX2 path)\n");
+#endif
+}
+
 static void test_radix_sort(void) {
     enum { N = 5000 };
     static uint64_t a[N], b[N], tmp[N];
@@ -856,6 +881,7 @@ int main(void) {
     T_RUN(test_map_model);
     T_RUN(test_collect_past_end);
     T_RUN(test_radix_sort);
+    T_RUN(test_value_checksum);
     T_RUN(test_bt_build);
     T_RUN(test_torn_record);
     T_RUN(test_truncated_key_log);
