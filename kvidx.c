@@ -628,7 +628,10 @@ typedef struct lr_bt {
  * insert: x86-64 without SSE4.2 has no 64-bit unsigned vector compare.) */
 static unsigned lr_rank(const lr_node *nd, uint64_t x) {
     const uint64_t *p = nd->key;
-    unsigned len = KVIDX_BT_CAP;
+    unsigned len = KVIDX_BT_CAP, i;
+    /* The halvings load one line after another; a node out of cache
+     * would cost a miss per step. Ask for all its lines at once. */
+    for (i = 0; i < KVIDX_BT_CAP; i += 64 / sizeof *p) __builtin_prefetch(p + i);
     while (len > 1) {
         unsigned half = len / 2;
         p += p[half - 1] < x ? half : 0;
