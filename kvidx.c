@@ -1325,7 +1325,7 @@ typedef struct vs_shard {
     uint64_t kpos;         /* records in the key log = position of the next */
     uint64_t kalloc;       /* record bytes the key log has reserved on disk */
     uint8_t *bmap;         /* the whole buffer file: header page + section */
-    uint64_t balloc;       /* buffer bytes reserved on disk since the last flush */
+    uint64_t balloc;       /* buffer bytes reserved on disk (kept across flushes) */
     uint64_t next_slot;    /* the next value slot */
     vs_state st;           /* current state (the copy at hslot) */
     unsigned hslot;        /* 0 or 1 */
@@ -1582,8 +1582,11 @@ static int vs_flush(kvidx *db, vs_shard *s) {
      * the buffer as section bsec has left, before it is overwritten. */
     __atomic_store_n(&s->lr->bsec, bsec + 1, __ATOMIC_SEQ_CST);
     lr_wait_readers(s->lr);
-    os_punch(s->bfd, VS_PAGE, VS_VSEC_BYTES);
-    s->balloc = 0;
+    /* The buffer keeps its pages and blocks for the next section: the old
+     * values in it are never read (readers only reach slots below
+     * next_slot), recovery checks buffered values against their records,
+     * and refilling touches no page fault and no allocation. Close gives
+     * the unused part back (vs_trim). */
     s->flushes++;
     return KVIDX_OK;
 }
@@ -2308,6 +2311,16 @@ static void *db_bg_main(void *arg) {
     return NULL;
 }
 
+/* Gives back the disk blocks of the buffer beyond the slots in use (the
+ * rest of a flushed section's old values): a closed database holds only
+ * what it stores. Best effort. */
+static void vs_trim(vs_shard *s) {
+    uint64_t used = (uint64_t)(s->next_slot & (VS_SEC_N - 1)) * VS_SLOT;
+    if ((s->next_slot >> VS_SEC_SHIFT) != s->lr->bsec) return; /* full, not yet flushed: all in use */
+    used = (used + VS_PAGE - 1) / VS_PAGE * VS_PAGE;
+    if (used < VS_VSEC_BYTES) os_punch(s->bfd, VS_PAGE + used, VS_VSEC_BYTES - used);
+}
+
 int kvidx_close(kvidx *db) {
     int rc;
     uint32_t i;
@@ -2325,6 +2338,8 @@ int kvidx_close(kvidx *db) {
      * open then checks the whole log as durable. */
     for (i = 0; !rc && i < db->nshards; i++)
         if (db->sh[i].st_dirty && os_fdatasync(db->sh[i].bfd)) rc = KVIDX_EIO;
+    if (!(db->flags & KVIDX_RDONLY))
+        for (i = 0; i < db->nshards; i++) vs_trim(&db->sh[i]);
     db_free(db);
     return rc;
 }

@@ -839,6 +839,57 @@ static void test_bt_build(void) {
     CHECK(i == 69);
 }
 
+static int64_t file_blocks(const char *dir, const char *file) {
+    char path[4200];
+    struct stat st;
+    path_of(path, sizeof path, dir, file);
+    return stat(path, &st) ? -1 : (int64_t)st.st_blocks * 512;
+}
+
+/* The buffer keeps its blocks across flushes; close gives back what lies
+ * past the slots in use, and nothing else: a partly filled second section
+ * and a full section not yet flushed both read back whole. */
+static void test_buffer_trim(void) {
+    const char *dir = t_dir("trim");
+    int round;
+    for (round = 0; round < 2; round++) {
+        uint64_t n = round == 0 ? VS_SEC_N + 1000 : 2 * (uint64_t)VS_SEC_N, k, bad = 0;
+        uint64_t used = round == 0 ? (1000 * VS_SLOT + VS_PAGE - 1) / VS_PAGE * VS_PAGE : VS_VSEC_BYTES;
+        kvidx_options o = opts(1);
+        kvidx_stats st;
+        kvidx *db;
+        uint8_t v[VS_SLOT], got[VS_SLOT];
+        size_t len;
+        t_rmrf(dir);
+        REQUIRE(kvidx_open(dir, &o, &db) == KVIDX_OK);
+        for (k = 0; k < n; k++) {
+            uint64_t x = t_mix64(k);
+            size_t i;
+            for (i = 0; i < sizeof v; i += 8) memcpy(v + i, &x, 8), x += k;
+            bad += kvidx_put(db, k, v, sizeof v) != KVIDX_OK;
+        }
+        CHECK(bad == 0);
+        CHECK_RC(kvidx_close(db), KVIDX_OK);
+        /* (64 KiB of slack: the file system's own extent blocks count) */
+        if (round == 0) CHECK(file_blocks(dir, "s0000.1.b") <= (int64_t)(VS_PAGE + used + 65536));
+        else CHECK(file_blocks(dir, "s0000.1.b") >= (int64_t)(VS_PAGE + used));
+        REQUIRE(kvidx_open(dir, &o, &db) == KVIDX_OK);
+        st.size = sizeof st;
+        CHECK_RC(kvidx_stat(db, &st), KVIDX_OK);
+        CHECK(st.keys == n);
+        for (k = 0; k < n; k++) {
+            uint64_t x = t_mix64(k);
+            size_t i;
+            for (i = 0; i < sizeof v; i += 8) memcpy(v + i, &x, 8), x += k;
+            bad += kvidx_get(db, k, got, sizeof got, &len) != KVIDX_OK || len != sizeof v ||
+                   memcmp(got, v, sizeof v) != 0;
+        }
+        CHECK(bad == 0);
+        CHECK_RC(kvidx_close(db), KVIDX_OK);
+    }
+    t_rmrf(dir);
+}
+
 /* The AVX2 path of the value checksum gives XXH3_64bits's value at every
  * length it takes, on random bytes and at every alignment. */
 static void test_value_checksum(void) {
@@ -882,6 +933,7 @@ int main(void) {
     T_RUN(test_collect_past_end);
     T_RUN(test_radix_sort);
     T_RUN(test_value_checksum);
+    T_RUN(test_buffer_trim);
     T_RUN(test_bt_build);
     T_RUN(test_torn_record);
     T_RUN(test_truncated_key_log);
