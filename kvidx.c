@@ -415,7 +415,8 @@ static uint64_t ck_key(uint64_t key) {
  * checks it against XXH3_64bits at every length. */
 __attribute__((__target__("avx2"))) static inline void ck_stripe_avx2(__m256i acc[2],
                                                                        const uint8_t *in,
-                                                                       const uint8_t *key) {
+                                                                       const uint8_t *key,
+                                                                       uint8_t *out) {
     int i;
     for (i = 0; i < 2; i++) {
         __m256i d = _mm256_loadu_si256((const __m256i *)(const void *)(in + 32 * i));
@@ -424,12 +425,16 @@ __attribute__((__target__("avx2"))) static inline void ck_stripe_avx2(__m256i ac
         __m256i prod = _mm256_mul_epu32(k, _mm256_shuffle_epi32(k, _MM_SHUFFLE(0, 3, 0, 1)));
         acc[i] = _mm256_add_epi64(acc[i], _mm256_shuffle_epi32(d, _MM_SHUFFLE(1, 0, 3, 2)));
         acc[i] = _mm256_add_epi64(acc[i], prod);
+        if (out) _mm256_storeu_si256((__m256i *)(void *)(out + 32 * i), d);
     }
 }
 
 __extension__ typedef unsigned __int128 ck_u128;
 
-__attribute__((__target__("avx2"))) static uint64_t ck_long_avx2(const uint8_t *in, size_t len) {
+/* With out, also copies in[0, len) to out: the bytes hashed are the
+ * bytes stored, in one pass. */
+__attribute__((__target__("avx2"))) static uint64_t ck_long_avx2(const uint8_t *in, size_t len,
+                                                                 uint8_t *out) {
     static const uint64_t init[8] = {XXH_PRIME32_3, XXH_PRIME64_1, XXH_PRIME64_2, XXH_PRIME64_3,
                                      XXH_PRIME64_4, XXH_PRIME32_2, XXH_PRIME64_5, XXH_PRIME32_1};
     const uint8_t *sec = XXH3_kSecret;
@@ -438,8 +443,9 @@ __attribute__((__target__("avx2"))) static uint64_t ck_long_avx2(const uint8_t *
     size_t i, n = (len - 1) / 64;
     acc[0] = _mm256_loadu_si256((const __m256i *)(const void *)init);
     acc[1] = _mm256_loadu_si256((const __m256i *)(const void *)(init + 4));
-    for (i = 0; i < n; i++) ck_stripe_avx2(acc, in + 64 * i, sec + 8 * i);
-    ck_stripe_avx2(acc, in + len - 64, sec + sizeof XXH3_kSecret - 64 - 7);
+    for (i = 0; i < n; i++) ck_stripe_avx2(acc, in + 64 * i, sec + 8 * i, out ? out + 64 * i : NULL);
+    ck_stripe_avx2(acc, in + len - 64, sec + sizeof XXH3_kSecret - 64 - 7,
+                   out ? out + len - 64 : NULL); /* overlaps the stripe before: same bytes */
     _mm256_storeu_si256((__m256i *)(void *)lane, acc[0]);
     _mm256_storeu_si256((__m256i *)(void *)(lane + 4), acc[1]);
     for (i = 0; i < 4; i++) {
@@ -459,9 +465,21 @@ __attribute__((__target__("avx2"))) static uint64_t ck_long_avx2(const uint8_t *
 static uint32_t ck_value(const void *val, size_t len) {
 #ifdef CK_AVX2
     if (len > 240 && len <= 1024 && __builtin_cpu_supports("avx2"))
-        return (uint32_t)ck_long_avx2(val, len);
+        return (uint32_t)ck_long_avx2(val, len, NULL);
 #endif
     return (uint32_t)XXH3_64bits(val, len);
+}
+
+/* Copies len bytes from src to dst and returns ck_value of the copy. In
+ * one pass where it can: a get then checks exactly the bytes it returns
+ * without loading them a second time. */
+static uint32_t ck_copy(void *dst, const void *src, size_t len) {
+#ifdef CK_AVX2
+    if (len > 240 && len <= 1024 && __builtin_cpu_supports("avx2"))
+        return (uint32_t)ck_long_avx2(src, len, dst);
+#endif
+    memcpy(dst, src, len);
+    return ck_value(dst, len);
 }
 
 static uint64_t ck_seeded(const void *p, size_t n, uint64_t seed) {
@@ -1686,15 +1704,11 @@ static int vs_del(vs_shard *s, uint64_t key, uint64_t h) {
 }
 
 /* Inside a read section: copies the value of e (found in the same
- * section, bsec loaded in it) into buf, which has room. The caller checks
- * the copy after leaving the section (vs_verify): what it returns is
- * exactly what was checked. */
-static void vs_copy(const vs_shard *s, uint64_t bsec, const lr_ent *e, void *buf) {
-    if (e->len) memcpy(buf, vs_slot_ptr(s, bsec, e->slot), e->len);
-}
-
-static int vs_verify(const void *buf, size_t len, uint32_t vsum) {
-    return !len || ck_value(buf, len) == vsum ? KVIDX_OK : KVIDX_ECORRUPT;
+ * section, bsec loaded in it) into buf, which has room, and returns the
+ * checksum of the copy; the caller compares it with e->vsum after
+ * leaving the section: what it returns is exactly what was checked. */
+static uint32_t vs_copy(const vs_shard *s, uint64_t bsec, const lr_ent *e, void *buf) {
+    return e->len ? ck_copy(buf, vs_slot_ptr(s, bsec, e->slot), e->len) : e->vsum;
 }
 
 /* Enters a read section of shard s: *side is the map to use, *bsec the
@@ -2389,6 +2403,7 @@ int kvidx_get(kvidx *db, uint64_t key, void *buf, size_t cap, size_t *len) {
     const lr_ent *e;
     lr_ent ent;
     lr_slot *sl;
+    uint32_t sum = 0;
     if (rc) return rc;
     if (!len || (!buf && cap)) return KVIDX_EINVAL;
     h = ck_key(key);
@@ -2397,7 +2412,7 @@ int kvidx_get(kvidx *db, uint64_t key, void *buf, size_t cap, size_t *len) {
     e = lr_map_get(&s->map[side], key, h);
     if (e) {
         ent = *e;
-        if (ent.len <= cap) vs_copy(s, bsec, &ent, buf);
+        if (ent.len <= cap) sum = vs_copy(s, bsec, &ent, buf);
     }
     lr_depart(s->lr, sl);
     if (!e) {
@@ -2406,7 +2421,7 @@ int kvidx_get(kvidx *db, uint64_t key, void *buf, size_t cap, size_t *len) {
     }
     *len = ent.len; /* also on ETOOBIG: the length needed */
     if (ent.len > cap) return KVIDX_ETOOBIG;
-    return vs_verify(buf, ent.len, ent.vsum);
+    return sum == ent.vsum ? KVIDX_OK : KVIDX_ECORRUPT;
 }
 
 int kvidx_delete(kvidx *db, uint64_t key) {
@@ -2431,7 +2446,7 @@ int kvidx_delete(kvidx *db, uint64_t key) {
 typedef struct scan_item {
     uint64_t key;
     uint32_t len;  /* SCAN_DAMAGED: the value failed its checksum */
-    uint32_t vsum;
+    uint32_t diff; /* checksum of the copy ^ the record's: 0 when intact */
     uint8_t val[VS_SLOT];
 } scan_item;
 
@@ -2483,13 +2498,11 @@ static void scan_fill(vs_shard *s, scan_cur *c, uint64_t to, const scan_tmp *tmp
     for (i = 0; i < m; i++) {
         c->it[i].key = tmp->ent[i].key;
         c->it[i].len = tmp->ent[i].len;
-        c->it[i].vsum = tmp->ent[i].vsum;
-        vs_copy(s, bsec, &tmp->ent[i], c->it[i].val);
+        c->it[i].diff = vs_copy(s, bsec, &tmp->ent[i], c->it[i].val) ^ tmp->ent[i].vsum;
     }
     lr_depart(s->lr, sl);
-    /* Checked outside the read section: the section stays short. */
     for (i = 0; i < m; i++)
-        if (vs_verify(c->it[i].val, c->it[i].len, c->it[i].vsum)) {
+        if (c->it[i].diff) {
             c->it[i].len = SCAN_DAMAGED;
             m = i + 1;
             c->done = 1;

@@ -152,9 +152,8 @@ static int read_in_section(kvidx *db, unsigned side, uint64_t bsec, uint64_t key
     vs_shard *s = &db->sh[0];
     const lr_ent *e = lr_map_get(&s->map[side], key, ck_key(key));
     if (!e) return KVIDX_NOTFOUND;
-    vs_copy(s, bsec, e, out);
     *len = e->len;
-    return vs_verify(out, e->len, e->vsum);
+    return vs_copy(s, bsec, e, out) == e->vsum ? KVIDX_OK : KVIDX_ECORRUPT;
 }
 
 static int value_is(kvidx *db, uint64_t key, const char *want) {

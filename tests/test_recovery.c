@@ -891,10 +891,11 @@ static void test_buffer_trim(void) {
 }
 
 /* The AVX2 path of the value checksum gives XXH3_64bits's value at every
- * length it takes, on random bytes and at every alignment. */
+ * length it takes, on random bytes and at many alignments; its copying
+ * form copies exactly the bytes it hashes. */
 static void test_value_checksum(void) {
 #ifdef CK_AVX2
-    static uint8_t buf[1024 + 64];
+    static uint8_t buf[1024 + 64], out[1024 + 64];
     size_t len, i;
     unsigned bad = 0;
     if (!__builtin_cpu_supports("avx2")) {
@@ -904,11 +905,15 @@ static void test_value_checksum(void) {
     for (len = 241; len <= 1024; len++) {
         size_t off = len % 61;
         for (i = 0; i < sizeof buf; i++) buf[i] = (uint8_t)t_rand();
-        bad += ck_long_avx2(buf + off, len) != XXH3_64bits(buf + off, len);
+        bad += ck_long_avx2(buf + off, len, NULL) != XXH3_64bits(buf + off, len);
         bad += ck_value(buf + off, len) != (uint32_t)XXH3_64bits(buf + off, len);
+        /* the copying pass: same checksum, every byte copied, none past */
+        memset(out, 0xA5, sizeof out);
+        bad += ck_copy(out + 3, buf + off, len) != (uint32_t)XXH3_64bits(buf + off, len);
+        bad += memcmp(out + 3, buf + off, len) != 0 || out[2] != 0xA5 || out[3 + len] != 0xA5;
     }
     memset(buf, 0xFF, sizeof buf);
-    bad += ck_long_avx2(buf, 256) != XXH3_64bits(buf, 256);
+    bad += ck_long_avx2(buf, 256, NULL) != XXH3_64bits(buf, 256);
     CHECK(bad == 0);
 #else
     printf("  (built without the AVX2 path)\n");
