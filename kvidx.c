@@ -128,6 +128,10 @@
  * that a growing log never moves an address a reader holds. */
 #define VS_VMAP_SECS 64u
 #define VS_VMAP_BYTES ((uint64_t)VS_VMAP_SECS * VS_VSEC_BYTES)
+/* A chunk is mapped from file offset c * VS_VMAP_BYTES (2 MiB-aligned, so
+ * huge pages can map it; see os_mmap_huge) through the header page's worth
+ * past its last section, rounded to 2 MiB. */
+#define VS_VMAP_MAP (VS_VMAP_BYTES + ((uint64_t)2 << 20))
 #define VS_VMAP_CHUNKS ((uint32_t)(((KVIDX_SLOT_LIMIT >> VS_SEC_SHIFT) + VS_VMAP_SECS) / VS_VMAP_SECS))
 
 #define KVIDX_MAGIC_LIVE 0x6b766964786c6976ull /* "kvidxliv": a live handle */
@@ -323,6 +327,38 @@ static void *os_mmap(int fd, uint64_t off, uint64_t len, int writable, int *err)
         return NULL;
     }
     return p;
+}
+
+/* A read-only mmap(2) of a file range whose offset is a multiple of
+ * 2 MiB, placed at an address that is one too (mmap alone does not
+ * promise that), and offered to transparent huge pages: where the page
+ * cache holds 2 MiB folios, the kernel can then map them whole, and a
+ * random read costs a cache miss without a 4 KiB page walk. */
+static void *os_mmap_huge(int fd, uint64_t off, uint64_t len, int *err) {
+    uint8_t *p, *a;
+    int e = OS_FAULT(OS_MMAP, "mmap");
+    if (e) {
+        *err = -e;
+        return NULL;
+    }
+    p = mmap(NULL, (size_t)len + OS_HUGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+             -1, 0);
+    if (p == MAP_FAILED) {
+        *err = -errno;
+        return NULL;
+    }
+    a = (uint8_t *)(((uintptr_t)p + OS_HUGE - 1) & ~(uintptr_t)(OS_HUGE - 1));
+    if (mmap(a, (size_t)len, PROT_READ, MAP_SHARED | MAP_FIXED, fd, (off_t)off) == MAP_FAILED) {
+        *err = -errno;
+        munmap(p, (size_t)len + OS_HUGE);
+        return NULL;
+    }
+    if (a > p) munmap(p, (size_t)(a - p));
+    if (a + len < p + len + OS_HUGE) munmap(a + len, (size_t)(p + len + OS_HUGE - (a + len)));
+#ifdef MADV_HUGEPAGE
+    madvise(a, (size_t)len, MADV_HUGEPAGE); /* advice: without THP the mapping still works */
+#endif
+    return a;
 }
 
 static void os_munmap(void *p, uint64_t len) {
@@ -1541,18 +1577,18 @@ static int vs_create_shard(kvidx *db, uint32_t id, uint32_t gen) {
 static const uint8_t *vs_slot_ptr(const vs_shard *s, uint64_t bsec, uint32_t slot) {
     uint64_t sec = slot >> VS_SEC_SHIFT, in = (uint64_t)(slot & (VS_SEC_N - 1)) * VS_SLOT;
     if (sec == bsec) return s->bmap + VS_PAGE + in;
-    return s->vmap[sec / VS_VMAP_SECS] + (sec % VS_VMAP_SECS) * VS_VSEC_BYTES + in;
+    return s->vmap[sec / VS_VMAP_SECS] + VS_PAGE + (sec % VS_VMAP_SECS) * VS_VSEC_BYTES + in;
 }
 
 /* Maps the value-log chunk holding section sec if it is not mapped yet.
- * A chunk is mapped at its full 1 GiB even where the file is shorter:
+ * A chunk is mapped at its full size even where the file is shorter:
  * only slots of written sections are ever read, and the addresses of a
  * chunk never change while the handle lives. */
 static int vs_vmap_ensure(vs_shard *s, uint64_t sec) {
     uint64_t c = sec / VS_VMAP_SECS;
     int err = 0;
     if (s->vmap[c]) return KVIDX_OK;
-    s->vmap[c] = os_mmap(s->vfd, VS_PAGE + c * VS_VMAP_BYTES, VS_VMAP_BYTES, 0, &err);
+    s->vmap[c] = os_mmap_huge(s->vfd, c * VS_VMAP_BYTES, VS_VMAP_MAP, &err);
     return s->vmap[c] ? KVIDX_OK : os_rc(err);
 }
 
@@ -1925,7 +1961,7 @@ static void vs_release_shard(vs_shard *s) {
     os_munmap(s->kmap, VS_KSEC_BYTES);
     os_munmap(s->bmap, VS_PAGE + VS_VSEC_BYTES);
     if (s->vmap)
-        for (c = 0; c < VS_VMAP_CHUNKS; c++) os_munmap(s->vmap[c], VS_VMAP_BYTES);
+        for (c = 0; c < VS_VMAP_CHUNKS; c++) os_munmap(s->vmap[c], VS_VMAP_MAP);
     os_free(s->vmap);
     os_close(s->kfd);
     os_close(s->vfd);
