@@ -93,6 +93,11 @@
 #define KVIDX_SCAN_BATCH 2048
 #endif
 
+/* Values a scan fetches in its first batch; later batches double. */
+#ifndef SCAN_FIRST
+#define SCAN_FIRST 16
+#endif
+
 /* Open replays shards on up to this many threads (one per CPU) when the
  * key logs hold at least KVIDX_OPEN_PARALLEL bytes; smaller databases
  * open on the calling thread alone. */
@@ -2475,81 +2480,71 @@ int kvidx_delete(kvidx *db, uint64_t key) {
     return rc;
 }
 
-/* A scan merges one cursor per shard. Each cursor holds a batch of keys
- * and values copied out of its shard inside a read section; the callback
- * runs on the copies with no lock held, and a drained cursor refills from
- * the key after its last. */
+/* A scan merges one cursor of keys per shard: a cursor is refilled from
+ * its shard's tree inside a read section (keys only: cheap). The merge
+ * takes the next batch of keys in order; then, shard by shard, one read
+ * section looks their entries up and copies their values (prefetched a
+ * batch at a time, so the cache misses overlap), and the callback runs on
+ * the copies with nothing held. Only keys about to be delivered cost a
+ * value fetch, and batches start small and double: a scan that stops
+ * after a few keys fetches few values. A key deleted between its cursor's
+ * refill and its batch's fetch is skipped, as if deleted before. */
 typedef struct scan_item {
     uint64_t key;
-    uint32_t len;  /* SCAN_DAMAGED: the value failed its checksum */
+    lr_ent ent;    /* its entry, found by the fetch */
+    uint32_t len;  /* SCAN_GONE: deleted meanwhile */
     uint32_t diff; /* checksum of the copy ^ the record's: 0 when intact */
+    int next;      /* next item of the same shard in this batch, or -1 */
     uint8_t val[VS_SLOT];
 } scan_item;
 
-#define SCAN_DAMAGED UINT32_MAX
+#define SCAN_GONE UINT32_MAX
 
 typedef struct scan_cur {
-    scan_item *it;
+    uint64_t *keys;
     size_t n, i;
-    size_t want;   /* keys to fetch next: doubles up to the cursor's room */
     uint64_t next; /* refill from here */
     int done;      /* no keys left in range */
 } scan_cur;
 
-/* Scratch for one refill: keys from the tree, their entries. */
-typedef struct scan_tmp {
-    uint64_t *keys;
-    lr_ent *ent;
-} scan_tmp;
-
-/* Refills cursor c of shard s with up to c->want keys in [c->next, to].
- * Inside the read section the table cells, then the value slots, are
- * prefetched a batch at a time, so their cache misses overlap. A damaged
- * value ends the cursor with a SCAN_DAMAGED item: the merge delivers
- * every key below it, then stops with KVIDX_ECORRUPT when it comes up. */
-static void scan_fill(vs_shard *s, scan_cur *c, uint64_t to, const scan_tmp *tmp, size_t room) {
-    size_t n, i, m = 0, cap = c->want;
+/* Refills cursor c of shard s with up to cap keys in [c->next, to]. */
+static void scan_refill(vs_shard *s, scan_cur *c, uint64_t to, size_t cap) {
     uint64_t bsec;
     unsigned side;
-    lr_slot *sl;
-    const lr_map *map;
-    c->n = c->i = 0;
-    c->want = cap * 2 < room ? cap * 2 : room; /* short scans fetch little */
-    sl = vs_read_begin(s, &side, &bsec);
-    map = &s->map[side];
-    n = lr_bt_collect(&map->bt, c->next, to, tmp->keys, cap);
-    for (i = 0; i < n; i++)
-        __builtin_prefetch(&map->ht.cell[lr_home(&map->ht, ck_key(tmp->keys[i]))]);
-    for (i = 0; i < n; i++) {
-        const lr_ent *e = lr_map_get(map, tmp->keys[i], ck_key(tmp->keys[i]));
-        if (!e) continue; /* cannot happen: the tree and the table change together */
-        tmp->ent[m] = *e;
-        if (e->len) {
-            const uint8_t *v = vs_slot_ptr(s, bsec, e->slot);
-            __builtin_prefetch(v);
-            __builtin_prefetch(v + e->len - 1);
-        }
-        m++;
-    }
-    for (i = 0; i < m; i++) {
-        c->it[i].key = tmp->ent[i].key;
-        c->it[i].len = tmp->ent[i].len;
-        c->it[i].diff = vs_copy(s, bsec, &tmp->ent[i], c->it[i].val) ^ tmp->ent[i].vsum;
-    }
+    lr_slot *sl = vs_read_begin(s, &side, &bsec);
+    c->n = lr_bt_collect(&s->map[side].bt, c->next, to, c->keys, cap);
     lr_depart(s->lr, sl);
-    for (i = 0; i < m; i++)
-        if (c->it[i].diff) {
-            c->it[i].len = SCAN_DAMAGED;
-            m = i + 1;
-            c->done = 1;
-        }
-    c->n = m;
-    if (c->done || n < cap || (n && tmp->keys[n - 1] >= to)) c->done = 1;
-    else c->next = tmp->keys[n - 1] + 1;
+    c->i = 0;
+    if (c->n < cap || c->keys[c->n - 1] >= to) c->done = 1;
+    else c->next = c->keys[c->n - 1] + 1;
+}
+
+/* Fetches the values of the batch's items of shard s (chained from
+ * first) in one read section. */
+static void scan_fetch(vs_shard *s, scan_item *it, int first) {
+    uint64_t bsec;
+    unsigned side;
+    lr_slot *sl = vs_read_begin(s, &side, &bsec);
+    const lr_map *map = &s->map[side];
+    int i;
+    for (i = first; i >= 0; i = it[i].next)
+        __builtin_prefetch(&map->ht.cell[lr_home(&map->ht, ck_key(it[i].key))]);
+    for (i = first; i >= 0; i = it[i].next) {
+        const lr_ent *e = lr_map_get(map, it[i].key, ck_key(it[i].key));
+        unsigned j;
+        it[i].len = e ? e->len : SCAN_GONE;
+        if (!e) continue;
+        it[i].ent = *e;
+        for (j = 0; j < e->len; j += 64) __builtin_prefetch(vs_slot_ptr(s, bsec, e->slot) + j);
+    }
+    for (i = first; i >= 0; i = it[i].next)
+        if (it[i].len != SCAN_GONE)
+            it[i].diff = vs_copy(s, bsec, &it[i].ent, it[i].val) ^ it[i].ent.vsum;
+    lr_depart(s->lr, sl);
 }
 
 /* Binary heap of cursor indexes ordered by their current key. */
-static uint64_t scan_head(const scan_cur *c, size_t j) { return c[j].it[c[j].i].key; }
+static uint64_t scan_head(const scan_cur *c, size_t j) { return c[j].keys[c[j].i]; }
 
 static void scan_sift(const scan_cur *c, size_t *heap, size_t n, size_t at) {
     for (;;) {
@@ -2564,57 +2559,78 @@ static void scan_sift(const scan_cur *c, size_t *heap, size_t n, size_t at) {
 
 int kvidx_scan(kvidx *db, uint64_t from, uint64_t to, kvidx_scan_fn fn, void *ud) {
     int rc = db_check(db);
-    size_t per, ns, i, nh = 0, *heap = NULL;
+    size_t per, ns, i, nh = 0, *heap = NULL, want = SCAN_FIRST, maxb;
     scan_cur *cur = NULL;
-    scan_item *items = NULL;
-    scan_tmp tmp = {NULL, NULL};
+    scan_item *it = NULL;
+    uint64_t *keys = NULL;
+    int *head = NULL;
+    uint32_t *used = NULL;
     if (rc) return rc;
     if (!fn || from > to) return KVIDX_EINVAL;
     ns = db->nshards;
-    /* Items per cursor: KVIDX_SCAN_BATCH split over the shards, 4..64;
-     * the first fill takes a quarter of that. */
-    per = KVIDX_SCAN_BATCH / 8 / ns;
-    per = per < 4 ? 4 : per > 64 ? 64 : per;
+    /* Keys per cursor refill: KVIDX_SCAN_BATCH split over the shards,
+     * 8..64; values per batch: up to KVIDX_SCAN_BATCH / 8. */
+    per = KVIDX_SCAN_BATCH / ns;
+    per = per < 8 ? 8 : per > 64 ? 64 : per;
+    maxb = KVIDX_SCAN_BATCH / 8;
     cur = os_calloc(ns, sizeof *cur);
     heap = os_calloc(ns, sizeof *heap);
-    items = os_malloc(ns * per * sizeof *items);
-    tmp.keys = os_malloc(per * sizeof *tmp.keys);
-    tmp.ent = os_malloc(per * sizeof *tmp.ent);
-    if (!cur || !heap || !items || !tmp.keys || !tmp.ent) {
+    keys = os_malloc(ns * per * sizeof *keys);
+    head = os_malloc(ns * sizeof *head);
+    used = os_malloc(maxb * sizeof *used);
+    it = os_malloc(maxb * sizeof *it);
+    if (!cur || !heap || !keys || !head || !used || !it) {
         rc = KVIDX_ENOMEM;
         goto out;
     }
     for (i = 0; i < ns; i++) {
-        cur[i].it = items + i * per;
+        head[i] = -1;
+        cur[i].keys = keys + i * per;
         cur[i].next = from;
-        cur[i].want = per / 4;
-        scan_fill(&db->sh[i], &cur[i], to, &tmp, per);
+        scan_refill(&db->sh[i], &cur[i], to, per);
         if (cur[i].n) heap[nh++] = i;
     }
     for (i = nh; i-- > 0;) scan_sift(cur, heap, nh, i);
-    while (nh) {
-        scan_cur *c = &cur[heap[0]];
-        scan_item *it = &c->it[c->i];
-        if (it->len == SCAN_DAMAGED) {
-            rc = KVIDX_ECORRUPT;
-            break;
-        }
-        if (fn(ud, it->key, it->val, it->len)) break;
-        if (++c->i == c->n) {
-            if (!c->done) scan_fill(&db->sh[heap[0]], c, to, &tmp, per);
-            if (c->i == c->n) {
-                heap[0] = heap[--nh];
-                if (!nh) break;
+    while (nh && !rc) {
+        size_t nb = 0, nu = 0, k;
+        /* The next batch of keys, in order; items chained per shard. */
+        while (nh && nb < want) {
+            size_t sh = heap[0];
+            scan_cur *c = &cur[sh];
+            it[nb].key = c->keys[c->i];
+            if (head[sh] < 0) used[nu++] = (uint32_t)sh;
+            it[nb].next = head[sh]; /* reversed: fetch order does not matter */
+            head[sh] = (int)nb++;
+            if (++c->i == c->n) {
+                if (!c->done) scan_refill(&db->sh[sh], c, to, per);
+                if (c->i == c->n) {
+                    heap[0] = heap[--nh];
+                    if (!nh) break;
+                }
             }
+            scan_sift(cur, heap, nh, 0);
         }
-        scan_sift(cur, heap, nh, 0);
+        for (k = 0; k < nu; k++) {
+            scan_fetch(&db->sh[used[k]], it, head[used[k]]);
+            head[used[k]] = -1;
+        }
+        for (k = 0; k < nb; k++) {
+            if (it[k].len == SCAN_GONE) continue;
+            if (it[k].diff) {
+                rc = KVIDX_ECORRUPT; /* every key below was delivered */
+                break;
+            }
+            if (fn(ud, it[k].key, it[k].val, it[k].len)) goto out;
+        }
+        want = want * 2 < maxb ? want * 2 : maxb; /* short scans fetch little */
     }
 out:
     os_free(cur);
     os_free(heap);
-    os_free(items);
-    os_free(tmp.keys);
-    os_free(tmp.ent);
+    os_free(keys);
+    os_free(head);
+    os_free(used);
+    os_free(it);
     return rc;
 }
 
