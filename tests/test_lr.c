@@ -9,7 +9,9 @@
  *   - a reader parked in the middle of its read: the writer publishes,
  *     then waits, and never touches the map being read;
  *   - a reader copying a value out of the section buffer while a flush
- *     wants to reuse the buffer: the flush waits for it.
+ *     wants to reuse the buffer: the flush waits for it;
+ *   - a scan between collecting keys and fetching their values: a key
+ *     deleted meanwhile is skipped, an overwritten one has its new value.
  *
  * The main thread plays the reader with the library's own read-section
  * functions; a second thread is the writer. Hand-offs go through a mutex
@@ -356,6 +358,55 @@ static void test_buffer_reuse_waits(void) {
     t_rmrf(dir);
 }
 
+/* A scan collects keys in one read section and fetches their values in
+ * another. A key deleted in between is skipped; a key overwritten in
+ * between comes with its new value. */
+static kvidx *g_scan_db;
+static int g_scan_enters;
+static void scan_hook(int point, unsigned arg) {
+    (void)arg;
+    if (point != LR_HOOK_ENTER || !pthread_equal(pthread_self(), g_reader)) return;
+    if (++g_scan_enters == 2) { /* the keys are collected; no value read yet */
+        CHECK_RC(kvidx_delete(g_scan_db, 5), KVIDX_OK);
+        CHECK_RC(kvidx_put(g_scan_db, 6, "new", 3), KVIDX_OK);
+    }
+}
+
+typedef struct seen {
+    uint64_t keys[16];
+    char six[8];
+    int n;
+} seen;
+
+static int scan_collect(void *ud, uint64_t key, const void *val, size_t len) {
+    seen *w = ud;
+    if (w->n < 16) w->keys[w->n++] = key;
+    if (key == 6 && len < sizeof w->six) memcpy(w->six, val, len);
+    return 0;
+}
+
+static void test_scan_between_collect_and_fetch(void) {
+    const char *dir = t_dir("lr_scan");
+    kvidx *db = open_db(dir);
+    uint64_t k;
+    seen w;
+    static const uint64_t want[] = {1, 2, 3, 4, 6, 7, 8, 9, 10};
+    REQUIRE(db);
+    for (k = 1; k <= 10; k++) CHECK_RC(kvidx_put(db, k, "old", 3), KVIDX_OK);
+    memset(&w, 0, sizeof w);
+    g_reader = pthread_self();
+    g_scan_db = db;
+    g_scan_enters = 0;
+    lr_test_hook = scan_hook;
+    CHECK_RC(kvidx_scan(db, 0, UINT64_MAX, scan_collect, &w), KVIDX_OK);
+    lr_test_hook = NULL;
+    CHECK(g_scan_enters >= 2);
+    CHECK(w.n == 9 && memcmp(w.keys, want, sizeof want) == 0);
+    CHECK(strcmp(w.six, "new") == 0);
+    CHECK_RC(kvidx_close(db), KVIDX_OK);
+    t_rmrf(dir);
+}
+
 /* Readers on every stripe and both halves leave the indicators at zero,
  * and the stripe of a thread is stable. */
 static void test_indicators_balance(void) {
@@ -392,5 +443,6 @@ int main(void) {
     T_RUN(test_parked_while_reading);
     T_RUN(test_buffer_reuse_waits);
     T_RUN(test_indicators_balance);
+    T_RUN(test_scan_between_collect_and_fetch);
     return t_done();
 }
