@@ -2482,29 +2482,39 @@ int kvidx_delete(kvidx *db, uint64_t key) {
 
 /* A scan merges one cursor of keys per shard: a cursor is refilled from
  * its shard's tree inside a read section (keys only: cheap). The merge
- * takes the next batch of keys in order; then, shard by shard, one read
- * section looks their entries up and copies their values (prefetched a
- * batch at a time, so the cache misses overlap), and the callback runs on
- * the copies with nothing held. Only keys about to be delivered cost a
- * value fetch, and batches start small and double: a scan that stops
- * after a few keys fetches few values. A key deleted between its cursor's
- * refill and its batch's fetch is skipped, as if deleted before. */
+ * takes the next batch of keys in order; then one read section on each
+ * shard of the batch, all held together, covers the lookups and value
+ * copies of the whole batch, prefetched a pass at a time so that their
+ * cache misses overlap; the callback runs on the copies with nothing
+ * held. Only keys about to be delivered cost a value fetch, and batches
+ * start small and double: a scan that stops after a few keys fetches few
+ * values. A key deleted between its cursor's refill and its batch's
+ * fetch is skipped, as if deleted before. */
 typedef struct scan_item {
     uint64_t key;
     lr_ent ent;    /* its entry, found by the fetch */
+    uint32_t sec;  /* its shard's read section in the batch */
     uint32_t len;  /* SCAN_GONE: deleted meanwhile */
     uint32_t diff; /* checksum of the copy ^ the record's: 0 when intact */
-    int next;      /* next item of the same shard in this batch, or -1 */
     uint8_t val[VS_SLOT];
 } scan_item;
 
 #define SCAN_GONE UINT32_MAX
+
+/* A read section held by a batch on one shard. */
+typedef struct scan_sec {
+    vs_shard *s;
+    lr_slot *sl;
+    const lr_map *map;
+    uint64_t bsec;
+} scan_sec;
 
 typedef struct scan_cur {
     uint64_t *keys;
     size_t n, i;
     uint64_t next; /* refill from here */
     int done;      /* no keys left in range */
+    int sec;       /* its read section in the current batch, or -1 */
 } scan_cur;
 
 /* Refills cursor c of shard s with up to cap keys in [c->next, to]. */
@@ -2519,28 +2529,34 @@ static void scan_refill(vs_shard *s, scan_cur *c, uint64_t to, size_t cap) {
     else c->next = c->keys[c->n - 1] + 1;
 }
 
-/* Fetches the values of the batch's items of shard s (chained from
- * first) in one read section. */
-static void scan_fetch(vs_shard *s, scan_item *it, int first) {
-    uint64_t bsec;
-    unsigned side;
-    lr_slot *sl = vs_read_begin(s, &side, &bsec);
-    const lr_map *map = &s->map[side];
-    int i;
-    for (i = first; i >= 0; i = it[i].next)
-        __builtin_prefetch(&map->ht.cell[lr_home(&map->ht, ck_key(it[i].key))]);
-    for (i = first; i >= 0; i = it[i].next) {
-        const lr_ent *e = lr_map_get(map, it[i].key, ck_key(it[i].key));
+/* Fetches the values of items it[0, n) inside read sections sec[0, ns)
+ * (shards already set). */
+static void scan_fetch(scan_item *it, size_t n, scan_sec *sec, size_t ns) {
+    size_t i;
+    for (i = 0; i < ns; i++) {
+        unsigned side;
+        sec[i].sl = vs_read_begin(sec[i].s, &side, &sec[i].bsec);
+        sec[i].map = &sec[i].s->map[side];
+    }
+    for (i = 0; i < n; i++) {
+        const lr_ht *t = &sec[it[i].sec].map->ht;
+        __builtin_prefetch(&t->cell[lr_home(t, ck_key(it[i].key))]);
+    }
+    for (i = 0; i < n; i++) {
+        const scan_sec *c = &sec[it[i].sec];
+        const lr_ent *e = lr_map_get(c->map, it[i].key, ck_key(it[i].key));
         unsigned j;
         it[i].len = e ? e->len : SCAN_GONE;
         if (!e) continue;
         it[i].ent = *e;
-        for (j = 0; j < e->len; j += 64) __builtin_prefetch(vs_slot_ptr(s, bsec, e->slot) + j);
+        for (j = 0; j < e->len; j += 64) __builtin_prefetch(vs_slot_ptr(c->s, c->bsec, e->slot) + j);
     }
-    for (i = first; i >= 0; i = it[i].next)
-        if (it[i].len != SCAN_GONE)
-            it[i].diff = vs_copy(s, bsec, &it[i].ent, it[i].val) ^ it[i].ent.vsum;
-    lr_depart(s->lr, sl);
+    for (i = 0; i < n; i++)
+        if (it[i].len != SCAN_GONE) {
+            const scan_sec *c = &sec[it[i].sec];
+            it[i].diff = vs_copy(c->s, c->bsec, &it[i].ent, it[i].val) ^ it[i].ent.vsum;
+        }
+    for (i = 0; i < ns; i++) lr_depart(sec[i].s->lr, sec[i].sl);
 }
 
 /* Binary heap of cursor indexes ordered by their current key. */
@@ -2562,9 +2578,8 @@ int kvidx_scan(kvidx *db, uint64_t from, uint64_t to, kvidx_scan_fn fn, void *ud
     size_t per, ns, i, nh = 0, *heap = NULL, want = SCAN_FIRST, maxb;
     scan_cur *cur = NULL;
     scan_item *it = NULL;
+    scan_sec *sec = NULL;
     uint64_t *keys = NULL;
-    int *head = NULL;
-    uint32_t *used = NULL;
     if (rc) return rc;
     if (!fn || from > to) return KVIDX_EINVAL;
     ns = db->nshards;
@@ -2576,15 +2591,14 @@ int kvidx_scan(kvidx *db, uint64_t from, uint64_t to, kvidx_scan_fn fn, void *ud
     cur = os_calloc(ns, sizeof *cur);
     heap = os_calloc(ns, sizeof *heap);
     keys = os_malloc(ns * per * sizeof *keys);
-    head = os_malloc(ns * sizeof *head);
-    used = os_malloc(maxb * sizeof *used);
+    sec = os_malloc((maxb < ns ? maxb : ns) * sizeof *sec);
     it = os_malloc(maxb * sizeof *it);
-    if (!cur || !heap || !keys || !head || !used || !it) {
+    if (!cur || !heap || !keys || !sec || !it) {
         rc = KVIDX_ENOMEM;
         goto out;
     }
     for (i = 0; i < ns; i++) {
-        head[i] = -1;
+        cur[i].sec = -1;
         cur[i].keys = keys + i * per;
         cur[i].next = from;
         scan_refill(&db->sh[i], &cur[i], to, per);
@@ -2592,15 +2606,17 @@ int kvidx_scan(kvidx *db, uint64_t from, uint64_t to, kvidx_scan_fn fn, void *ud
     }
     for (i = nh; i-- > 0;) scan_sift(cur, heap, nh, i);
     while (nh && !rc) {
-        size_t nb = 0, nu = 0, k;
-        /* The next batch of keys, in order; items chained per shard. */
+        size_t nb = 0, nsec = 0, k;
+        /* The next batch of keys, in order, and the shards it touches. */
         while (nh && nb < want) {
             size_t sh = heap[0];
             scan_cur *c = &cur[sh];
+            if (c->sec < 0) {
+                c->sec = (int)nsec;
+                sec[nsec++].s = &db->sh[sh];
+            }
             it[nb].key = c->keys[c->i];
-            if (head[sh] < 0) used[nu++] = (uint32_t)sh;
-            it[nb].next = head[sh]; /* reversed: fetch order does not matter */
-            head[sh] = (int)nb++;
+            it[nb++].sec = (uint32_t)c->sec;
             if (++c->i == c->n) {
                 if (!c->done) scan_refill(&db->sh[sh], c, to, per);
                 if (c->i == c->n) {
@@ -2610,10 +2626,8 @@ int kvidx_scan(kvidx *db, uint64_t from, uint64_t to, kvidx_scan_fn fn, void *ud
             }
             scan_sift(cur, heap, nh, 0);
         }
-        for (k = 0; k < nu; k++) {
-            scan_fetch(&db->sh[used[k]], it, head[used[k]]);
-            head[used[k]] = -1;
-        }
+        scan_fetch(it, nb, sec, nsec);
+        for (k = 0; k < nsec; k++) cur[sec[k].s->id].sec = -1;
         for (k = 0; k < nb; k++) {
             if (it[k].len == SCAN_GONE) continue;
             if (it[k].diff) {
@@ -2628,8 +2642,7 @@ out:
     os_free(cur);
     os_free(heap);
     os_free(keys);
-    os_free(head);
-    os_free(used);
+    os_free(sec);
     os_free(it);
     return rc;
 }
