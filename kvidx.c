@@ -87,15 +87,16 @@
 #define KVIDX_LR_STRIPES 16
 #endif
 
-/* Keys and values copied per shard per batch by a scan (bounded so a scan
- * of a 1024-shard database does not allocate megabytes). */
+/* A scan's buffers: keys collected per refill, over all shards (8 to 64
+ * a shard), and values copied per batch, at most KVIDX_SCAN_BATCH / 8.
+ * Bounded so that a scan of a 1024-shard database allocates kilobytes. */
 #ifndef KVIDX_SCAN_BATCH
 #define KVIDX_SCAN_BATCH 2048
 #endif
 
-/* Values a scan fetches in its first batch; later batches double. */
-#ifndef SCAN_FIRST
-#define SCAN_FIRST 16
+/* Values a scan copies in its first batch; later batches double. */
+#ifndef KVIDX_SCAN_FIRST
+#define KVIDX_SCAN_FIRST 16
 #endif
 
 /* Open replays shards on up to this many threads (one per CPU) when the
@@ -2575,7 +2576,7 @@ static void scan_sift(const scan_cur *c, size_t *heap, size_t n, size_t at) {
 
 int kvidx_scan(kvidx *db, uint64_t from, uint64_t to, kvidx_scan_fn fn, void *ud) {
     int rc = db_check(db);
-    size_t per, ns, i, nh = 0, *heap = NULL, want = SCAN_FIRST, maxb;
+    size_t per, ns, i, nh = 0, *heap = NULL, want = KVIDX_SCAN_FIRST, maxb;
     scan_cur *cur = NULL;
     scan_item *it = NULL;
     scan_sec *sec = NULL;

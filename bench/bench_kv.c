@@ -53,7 +53,7 @@
 
 /* ==== 1. options and constants ========================================= */
 
-#define VLEN 256             /* every value: the largest kvidx stores */
+#define VLEN BENCH_VLEN      /* every value: the largest kvidx stores */
 #define REC_BYTES 264.0      /* 8-byte key + 256-byte value: the payload of a record */
 #define BATCH 1000           /* puts per batch / per LMDB write txn in the -batch rows */
 #define SCAN_LEN 100         /* keys per scan100 scan */
@@ -101,15 +101,6 @@ static uint64_t *g_sorted; /* the same keys ascending: fillseq order, scan expec
  * bijection of uint64, so no check is needed. */
 static uint64_t key_at(uint64_t i) { return bench_mix(g_seed * 0x100000001B3ull + i); }
 
-/* The 256-byte value of (key, version), as bench_values.c makes it. */
-static void make_val(uint64_t key, uint32_t ver, uint8_t *v) {
-    uint64_t x = bench_mix(key ^ ((uint64_t)ver << 56));
-    int i;
-    for (i = 0; i < VLEN; i += 8) {
-        memcpy(v + i, &x, 8);
-        x += 0x9E3779B97F4A7C15ull;
-    }
-}
 
 /* The peers compare keys as bytes: big-endian makes byte order numeric. */
 static void be_put(uint8_t *p, uint64_t x) {
@@ -313,7 +304,7 @@ static void kv_put_batch(db *d, const uint64_t *keys, size_t n, uint32_t ver, in
     size_t i;
     (void)append;
     for (i = 0; i < n; i++) {
-        make_val(keys[i], ver, v);
+        bench_make_val(keys[i], ver, v);
         kv_check(kvidx_put(d->kv, keys[i], v, VLEN), "kvidx_put");
     }
 }
@@ -416,7 +407,7 @@ static void lm_put_batch(db *d, const uint64_t *keys, size_t n, uint32_t ver, in
     lm_check(mdb_txn_begin(d->env, NULL, 0, &t), "mdb_txn_begin");
     for (i = 0; i < n; i++) {
         be_put(kb, keys[i]);
-        make_val(keys[i], ver, val);
+        bench_make_val(keys[i], ver, val);
         v.mv_size = VLEN, v.mv_data = val;
         lm_check(mdb_put(t, d->dbi, &k, &v, append ? MDB_APPEND : 0), "mdb_put");
     }
@@ -506,7 +497,7 @@ static void rk_put_batch(db *d, const uint64_t *keys, size_t n, uint32_t ver, in
     rocksdb_writebatch_clear(d->rk_b);
     for (i = 0; i < n; i++) {
         be_put(kb, keys[i]);
-        make_val(keys[i], ver, val);
+        bench_make_val(keys[i], ver, val);
         rocksdb_writebatch_put(d->rk_b, (const char *)kb, 8, (const char *)val, VLEN);
     }
     rocksdb_write(d->rk, d->rk_w, d->rk_b, &err);
@@ -592,7 +583,7 @@ static void lv_put_batch(db *d, const uint64_t *keys, size_t n, uint32_t ver, in
     leveldb_writebatch_clear(d->lv_b);
     for (i = 0; i < n; i++) {
         be_put(kb, keys[i]);
-        make_val(keys[i], ver, val);
+        bench_make_val(keys[i], ver, val);
         leveldb_writebatch_put(d->lv_b, (const char *)kb, 8, (const char *)val, VLEN);
     }
     leveldb_write(d->lv, d->lv_w, d->lv_b, &err);
@@ -691,7 +682,7 @@ static double rate(uint64_t ops, double secs) { return (double)ops / (secs > 0 ?
 static void expect_val(rd *r, uint64_t key, uint32_t ver) {
     uint8_t v[VLEN];
     int g;
-    make_val(key, ver, v);
+    bench_make_val(key, ver, v);
     g = r->d->e->get(r, key, v, NULL);
     if (g != G_A)
         fail("key %016" PRIx64 ": %s (expected version %u)", key,
@@ -723,7 +714,7 @@ static int scan_visit(void *ud, uint64_t key, const void *val, size_t len) {
     if (key != g_sorted[c->pos])
         fail("scan: key %016" PRIx64 " where %016" PRIx64 " was expected (order, missing or foreign key)",
              key, g_sorted[c->pos]);
-    make_val(key, c->ver, v);
+    bench_make_val(key, c->ver, v);
     if (len != VLEN || memcmp(val, v, VLEN)) fail("scan: key %016" PRIx64 ": wrong value", key);
     c->pos++;
     c->seen++;
@@ -745,7 +736,7 @@ static double fill(db *d, const engine *e, const char *dir, int mode, const uint
             e->put_batch(d, order + i, (size_t)(g_n - i < BATCH ? g_n - i : BATCH), 1, append);
     } else {
         for (i = 0; i < g_n; i++) {
-            make_val(order[i], 1, v);
+            bench_make_val(order[i], 1, v);
             e->put(d, order[i], v);
         }
     }
@@ -836,8 +827,8 @@ static void *rw_reader(void *arg) {
     while (!__atomic_load_n(&g_stop, __ATOMIC_RELAXED)) {
         uint64_t key = live_key(x = bench_mix(x)), t0, t1;
         int g;
-        make_val(key, 1, a);
-        make_val(key, 2, b);
+        bench_make_val(key, 1, a);
+        bench_make_val(key, 2, b);
         t0 = bench_now_ns();
         g = e->get(&r, key, a, b);
         t1 = bench_now_ns();
@@ -858,7 +849,7 @@ static void *rw_writer(void *arg) {
     /* Bounded by time, like the readers. Versions alternate 1, 2. */
     while (!__atomic_load_n(&g_stop, __ATOMIC_RELAXED)) {
         uint64_t key = live_key(x = bench_mix(x));
-        make_val(key, (uint32_t)(1 + (ops & 1)), v);
+        bench_make_val(key, (uint32_t)(1 + (ops & 1)), v);
         c->d->e->put(c->d, key, v);
         ops++;
     }
@@ -1004,7 +995,7 @@ static void run_engine(const engine *e, result *res) {
     phase("overwrite");
     t = bench_now_s();
     for (i = 0; i < n; i++) {
-        make_val(g_keys[i], 2, v);
+        bench_make_val(g_keys[i], 2, v);
         e->put(&d, g_keys[i], v);
     }
     res->v[M_OVERWRITE] = rate(n, bench_now_s() - t);
@@ -1046,7 +1037,7 @@ static void run_engine(const engine *e, result *res) {
         db_open(&d, e, dir, MODE_SYNC);
         t = bench_now_s();
         for (i = 0; i < m; i++) {
-            make_val(g_keys[i], 1, v);
+            bench_make_val(g_keys[i], 1, v);
             e->put(&d, g_keys[i], v);
         }
         res->v[M_FILL_SYNC] = rate(m, bench_now_s() - t);

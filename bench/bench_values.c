@@ -19,17 +19,8 @@
 #include "kvidx.h"
 #include "bench.h"
 
-#define VLEN 256
+#define VLEN BENCH_VLEN
 
-/* The 256-byte value of (key, version): cheap to make, checkable. */
-static void make_val(uint64_t key, uint32_t ver, uint8_t *v) {
-    uint64_t x = bench_mix(key ^ ((uint64_t)ver << 56));
-    int i;
-    for (i = 0; i < VLEN; i += 8) {
-        memcpy(v + i, &x, 8);
-        x += 0x9E3779B97F4A7C15ull;
-    }
-}
 
 static void die(const char *what, int rc) {
     fprintf(stderr, "bench_values: %s: %s\n", what, kvidx_strerror(rc));
@@ -97,7 +88,7 @@ int main(int argc, char **argv) {
 
     t = bench_now_s();
     for (i = 0; i < n; i++) {
-        make_val(keys[i], 1, v);
+        bench_make_val(keys[i], 1, v);
         if ((rc = kvidx_put(db, keys[i], v, VLEN))) die("put", rc);
     }
     report("fillrandom", n, bench_now_s() - t);
@@ -106,7 +97,7 @@ int main(int argc, char **argv) {
     for (i = 0; i < n; i++) {
         uint64_t k = keys[bench_mix(i ^ seed) % n];
         if ((rc = kvidx_get(db, k, b, sizeof b, &len))) die("get", rc);
-        make_val(k, 1, v);
+        bench_make_val(k, 1, v);
         if (len != VLEN || memcmp(b, v, VLEN)) die("readrandom: wrong value", KVIDX_ECORRUPT);
     }
     report("readrandom", n, bench_now_s() - t);
@@ -132,7 +123,7 @@ int main(int argc, char **argv) {
 
     t = bench_now_s();
     for (i = 0; i < n; i++) {
-        make_val(keys[i], 2, v);
+        bench_make_val(keys[i], 2, v);
         if ((rc = kvidx_put(db, keys[i], v, VLEN))) die("overwrite", rc);
     }
     report("overwrite", n, bench_now_s() - t);
@@ -148,7 +139,7 @@ int main(int argc, char **argv) {
     for (i = 0; i < n; i++) {
         uint64_t k = keys[bench_mix(i ^ seed ^ 7) % n];
         if ((rc = kvidx_get(db, k, b, sizeof b, &len))) die("get after reopen", rc);
-        make_val(k, 2, v);
+        bench_make_val(k, 2, v);
         if (len != VLEN || memcmp(b, v, VLEN)) die("readrandom after reopen: wrong value", KVIDX_ECORRUPT);
     }
     report("readrandom2", n, bench_now_s() - t);
