@@ -482,6 +482,44 @@ static void test_model_four_shards(void) {
     run_model(&c);
 }
 
+/* An open on threads (this test builds with KVIDX_OPEN_PARALLEL=0) that
+ * meets a damaged shard fails with KVIDX_ECORRUPT, changes nothing, and
+ * opens again once the damage is undone. */
+static void test_threaded_open_damage(void) {
+    const char *dir = t_dir("model_damage");
+    char path[4200];
+    kvidx_options o;
+    kvidx *db;
+    uint8_t v[KVIDX_VALUE_MAX], b = 0;
+    size_t len;
+    uint64_t k, bad = 0;
+    FILE *f;
+    t_rmrf(dir);
+    kvidx_options_init(&o);
+    o.shards = 8;
+    REQUIRE(kvidx_open(dir, &o, &db) == KVIDX_OK);
+    memset(v, 7, sizeof v);
+    for (k = 0; k < 20000; k++) bad += kvidx_put(db, k, v, sizeof v) != KVIDX_OK;
+    CHECK_RC(kvidx_close(db), KVIDX_OK);
+    snprintf(path, sizeof path, "%s/s0005.1.k", dir); /* its header's magic */
+    REQUIRE((f = fopen(path, "r+b")) != NULL);
+    REQUIRE(fread(&b, 1, 1, f) == 1);
+    b ^= 0x20;
+    fseek(f, 0, SEEK_SET);
+    REQUIRE(fwrite(&b, 1, 1, f) == 1);
+    fclose(f);
+    CHECK_RC(kvidx_open(dir, &o, &db), KVIDX_ECORRUPT);
+    REQUIRE((f = fopen(path, "r+b")) != NULL);
+    b ^= 0x20;
+    REQUIRE(fwrite(&b, 1, 1, f) == 1);
+    fclose(f);
+    REQUIRE(kvidx_open(dir, &o, &db) == KVIDX_OK);
+    for (k = 0; k < 20000; k++) bad += kvidx_get(db, k, v, sizeof v, &len) != KVIDX_OK || len != sizeof v;
+    CHECK(bad == 0);
+    CHECK_RC(kvidx_close(db), KVIDX_OK);
+    t_rmrf(dir);
+}
+
 int main(void) {
     const char *s = getenv("KVIDX_TEST_SCALE");
     if (s && strtoull(s, NULL, 10) > 1) g_scale = strtoull(s, NULL, 10);
@@ -489,6 +527,7 @@ int main(void) {
     t_init("test_model");
     T_RUN(test_model_one_shard);
     T_RUN(test_model_four_shards);
+    T_RUN(test_threaded_open_damage);
     alarm(0);
     return t_done();
 }
