@@ -15,11 +15,12 @@ DESTDIR ?=
 # Debian packages the build needs, as package:file-that-proves-it.
 DEPS       := libxxhash-dev:/usr/include/xxhash.h
 BENCH_DEPS := liblmdb-dev:/usr/include/lmdb.h librocksdb-dev:/usr/include/rocksdb/c.h \
-              libleveldb-dev:/usr/include/leveldb/c.h
+              libleveldb-dev:/usr/include/leveldb/c.h \
+              libhiredis-dev:/usr/include/hiredis/hiredis.h redis-server:/usr/bin/redis-server
 
 # Tests: black-box ones link kvidx.c; white-box ones #include it (-DKVIDX_TEST).
-TESTS_BB := test_api test_model test_crash test_concurrency
-TESTS_WB := test_recovery test_lr
+TESTS_BB := test_api test_model test_crash test_concurrency test_lists
+TESTS_WB := test_recovery test_lr test_lists_wb
 VARIANT  ?= test
 SAN      ?=
 OUT      := build/$(VARIANT)
@@ -27,6 +28,7 @@ TESTBINS := $(addprefix $(OUT)/,$(TESTS_BB) $(TESTS_WB))
 
 
 .PHONY: bench-lr
+.PHONY: bench-lists
 .PHONY: all deps lib test demo bench bench-deps bench-values asan tsan valgrind install \
         uninstall check-symbols clean help run-tests
 
@@ -107,6 +109,16 @@ build/bench_kv: bench/bench_kv.c bench/bench.h kvidx.c kvidx.h | deps bench-deps
 	$(CC) $(WARN) -D_GNU_SOURCE -O2 -g -DNDEBUG -I. bench/bench_kv.c kvidx.c -o $@ \
 	  -llmdb -lrocksdb -lleveldb $(LDLIBS)
 
+# kvidx lists against Redis sorted sets and LMDB dupsort (bench/bench_lists.c; a few minutes).
+# Starts its own redis-server on 127.0.0.1 and kills it at the end. Never part of `make test`.
+bench-lists: deps bench-deps build/bench_lists
+	./build/bench_lists
+
+build/bench_lists: bench/bench_lists.c bench/bench.h kvidx.c kvidx.h | deps bench-deps
+	@mkdir -p build
+	$(CC) $(WARN) -D_GNU_SOURCE -O2 -g -DNDEBUG -I. bench/bench_lists.c kvidx.c -o $@ \
+	  -llmdb -lhiredis -lm $(LDLIBS)
+
 # The value store alone.
 bench-values: deps build/bench_values
 	./build/bench_values
@@ -162,6 +174,7 @@ help:
 	@echo "make bench      kvidx against LMDB, RocksDB, LevelDB (bench/bench_kv.c; installs them)"
 	@echo "make bench-values  the value store alone (bench/bench_values.c)"
 	@echo "make bench-lr   reads under a writer: Left-Right against a rwlock build"
+	@echo "make bench-lists  kvidx lists against Redis and LMDB (bench/bench_lists.c; installs them)"
 	@echo "make install    install to \$$DESTDIR\$$PREFIX (default /usr/local)"
 	@echo "make uninstall  remove what install put there"
 	@echo "make check-symbols  fail if libkvidx.so exports anything but kvidx_*"

@@ -13,12 +13,15 @@
  *                                 B+tree of keys for ordered scans
  *   5. Value store (vs_)          key log, value log, section buffer,
  *                                 recovery, the write path, the read path
- *   6. Shards and the public API  open/close/sync, put/get/delete/scan
- *   7. Maintenance                stats
+ *   6. List store (ls_)           copy-on-write trees of compressed ids,
+ *                                 the list log and the snapshot
+ *   7. Shards and the public API  open/close/sync, values, lists, scans
+ *   8. Maintenance                stats
  *
  * Concurrency: every shard has one mutex that serializes its writers, and
  * two copies of its map (Left-Right, section 4): readers take no lock,
- * make no system call and never wait. A scan copies a batch of keys and
+ * make no system call and never wait. Lists are copy-on-write trees the
+ * two sides share, freed after the same grace period (section 6). A scan copies a batch of keys and
  * values out inside a read section and calls back with nothing held.
  */
 
@@ -107,6 +110,26 @@
 #endif
 #ifndef KVIDX_OPEN_PARALLEL
 #define KVIDX_OPEN_PARALLEL ((uint64_t)8 << 20)
+#endif
+
+/* Lists: ids per leaf (compressed, 1..8 bytes an id) and children per
+ * inner node. A change copies one leaf and its path: bigger leaves cost
+ * more per change and less memory per id. */
+#ifndef KVIDX_LS_LEAF
+#define KVIDX_LS_LEAF 128
+#endif
+#ifndef KVIDX_LS_FAN
+#define KVIDX_LS_FAN 64
+#endif
+
+/* When a list log is folded into a snapshot: at open and close once it
+ * holds KVIDX_LS_SNAP_MIN bytes (and half the snapshot's size); during
+ * writes once it holds KVIDX_LS_SNAP_AUTO (and twice the snapshot). */
+#ifndef KVIDX_LS_SNAP_MIN
+#define KVIDX_LS_SNAP_MIN ((uint64_t)1 << 20)
+#endif
+#ifndef KVIDX_LS_SNAP_AUTO
+#define KVIDX_LS_SNAP_AUTO ((uint64_t)64 << 20)
 #endif
 
 /* Fixed geometry of format version 1 (written into the header; a database
@@ -386,6 +409,13 @@ static int os_renameat(int dirfd, const char *from, const char *to) {
     return renameat(dirfd, from, dirfd, to) ? -errno : 0;
 }
 
+/* unlinkat(2) of a file; returns 0 or -errno. */
+static int os_unlinkat(int dirfd, const char *name) {
+    int e = OS_FAULT(OS_UNLINK, name);
+    if (e) return -e;
+    return unlinkat(dirfd, name, 0) ? -errno : 0;
+}
+
 static int os_mkdir(const char *path) {
     int e = OS_FAULT(OS_MKDIR, path);
     if (e) return -e;
@@ -434,6 +464,8 @@ static int os_rc(int r) { return r >= 0 ? r : os_code(-r); }
 
 #define CK_SEED_HDR 0x6b76696478686472ull /* "kvidxhdr" */
 #define CK_SEED_REC 0x6b76696478726563ull /* "kvidxrec" */
+#define CK_SEED_LREC 0x6b766964786c7263ull /* "kvidxlrc": list log records */
+#define CK_SEED_SNAP 0x6b76696478736e70ull /* "kvidxsnp": list snapshot bodies */
 
 /* The hash of a key: its low bits pick the shard, its high bits the slot
  * in that shard's hash table. Computed over the key's 8 little-endian
@@ -1364,14 +1396,21 @@ typedef struct vs_state {
     uint64_t section; /* the value section the buffer holds; all below are in the log */
     uint64_t synced;  /* key-log records known durable (a lower bound) */
     uint32_t epoch;   /* bumped at every read-write open */
+    uint64_t lsynced; /* list-log bytes known durable (a lower bound) */
 } vs_state;
 
 #define VS_STATE_SLOT 512u /* second copy one sector after the first */
+#define VS_STATE_BYTES 128u /* a copy: the 64-byte header part, then the list part */
 
 static const char VS_MAGIC_DB[8] = {'K', 'V', 'I', 'D', 'X', 'H', 'D', 'R'};
 static const char VS_MAGIC_K[8] = {'K', 'V', 'I', 'D', 'X', 'K', 'E', 'Y'};
 static const char VS_MAGIC_V[8] = {'K', 'V', 'I', 'D', 'X', 'V', 'A', 'L'};
 static const char VS_MAGIC_B[8] = {'K', 'V', 'I', 'D', 'X', 'B', 'U', 'F'};
+/* The list files' (section 6). */
+static const char LS_MAGIC_L[8] = {'K', 'V', 'I', 'D', 'X', 'L', 'S', 'T'};
+static const char LS_MAGIC_S[8] = {'K', 'V', 'I', 'D', 'X', 'S', 'N', 'P'};
+#define LS_LOG_HDR 64u  /* the list log's header */
+#define LS_SNAP_HDR 64u /* the snapshot's header */
 
 typedef struct vs_shard {
     pthread_mutex_t mu;    /* serializes the shard's writers; readers never take it */
@@ -1396,6 +1435,20 @@ typedef struct vs_shard {
     uint64_t durable;      /* kpos covered by the last completed sync */
     uint64_t puts, deletes, flushes;
     int err;               /* sticky write error (KVIDX_EIO) */
+    /* lists (section 6) */
+    struct ls_node *lroot; /* the key index; readers load it (acquire) */
+    struct ls_ctx *lcx;    /* the change being made */
+    int lfd;               /* list log */
+    uint64_t lpos;         /* bytes in the list log: where the next record goes */
+    uint64_t ldurable;     /* lpos covered by the last completed sync */
+    uint64_t ltrunc;       /* times the log was cut: a sync in flight checks it */
+    uint64_t lsn;          /* sequence number of the last list change */
+    uint64_t lists, lids;  /* lists and ids */
+    uint64_t lbytes;       /* heap bytes of the list trees */
+    uint64_t lsnap_bytes;  /* size of the snapshot */
+    uint64_t lwrites;      /* list changes since open */
+    uint8_t *lbuf;         /* scratch: a list log record being encoded */
+    size_t lbuf_cap;
 } vs_shard;
 
 struct kvidx {
@@ -1495,14 +1548,17 @@ static int vs_fhdr_check(const uint8_t *p, const char *magic, uint32_t shard, ui
 }
 
 static void vs_state_encode(uint8_t *p, const vs_shard *s, uint32_t shards, const vs_state *st) {
-    uint8_t b[64];
+    uint8_t b[VS_STATE_BYTES];
     vs_fhdr_encode(b, VS_MAGIC_B, s->id, shards, s->gen);
     put_le64(b + 24, st->seq);
     put_le64(b + 32, st->section);
     put_le64(b + 40, st->synced);
     put_le32(b + 48, st->epoch);
     vs_hdr_seal(b);
-    memcpy(p, b, 64); /* one copy into the mapping: a torn copy fails its checksum */
+    memset(b + 64, 0, 64);
+    put_le64(b + 64, st->lsynced);
+    put_le64(b + 120, ck_seeded(b + 64, 56, CK_SEED_HDR));
+    memcpy(p, b, VS_STATE_BYTES); /* one copy into the mapping: a torn copy fails a checksum */
 }
 
 static int vs_state_decode(const uint8_t *p, const vs_shard *s, uint32_t shards, vs_state *st) {
@@ -1512,6 +1568,8 @@ static int vs_state_decode(const uint8_t *p, const vs_shard *s, uint32_t shards,
     st->section = get_le64(p + 32);
     st->synced = get_le64(p + 40);
     st->epoch = get_le32(p + 48);
+    if (get_le64(p + 120) != ck_seeded(p + 64, 56, CK_SEED_HDR)) return KVIDX_ECORRUPT;
+    st->lsynced = get_le64(p + 64);
     if (st->section > (KVIDX_SLOT_LIMIT >> VS_SEC_SHIFT)) return KVIDX_ECORRUPT;
     return KVIDX_OK;
 }
@@ -1537,17 +1595,18 @@ static int vs_state_write(vs_shard *s, uint32_t shards, int durable) {
     s->hslot ^= 1;
     s->st_dirty = !durable;
     if (!durable) return KVIDX_OK;
-    r = os_msync(p, 64);
+    r = os_msync(p, VS_STATE_BYTES);
     return r ? vs_fail_sync(s) : KVIDX_OK;
 }
 
-/* Creates one file of a new shard: its header page, then size bytes in
- * all (sparse), synced. */
-static int vs_create_file(int dirfd, const char *name, const uint8_t *page, uint64_t size) {
+/* Creates one file of a new shard: its header (hdr bytes of page), then
+ * size bytes in all (sparse), synced. */
+static int vs_create_file(int dirfd, const char *name, const uint8_t *page, uint32_t hdr,
+                          uint64_t size) {
     int fd = os_open(dirfd, name, O_RDWR | O_CREAT | O_TRUNC, 0644), r;
     if (fd < 0) return os_rc(fd);
-    r = os_pwrite(fd, page, VS_PAGE, 0);
-    if (!r && size > VS_PAGE) r = os_ftruncate(fd, size);
+    r = os_pwrite(fd, page, hdr, 0);
+    if (!r && size > hdr) r = os_ftruncate(fd, size);
     if (!r) r = os_fsync(fd);
     os_close(fd);
     return os_rc(r);
@@ -1558,7 +1617,7 @@ static int vs_create_shard(kvidx *db, uint32_t id, uint32_t gen) {
     uint8_t page[VS_PAGE];
     char name[32];
     vs_shard tmp;
-    vs_state st = {1, 0, 0, 0};
+    vs_state st = {1, 0, 0, 0, 0};
     int rc;
     memset(&tmp, 0, sizeof tmp);
     tmp.id = id, tmp.gen = gen;
@@ -1566,15 +1625,19 @@ static int vs_create_shard(kvidx *db, uint32_t id, uint32_t gen) {
     vs_fhdr_encode(page, VS_MAGIC_K, id, db->nshards, gen);
     vs_hdr_seal(page);
     vs_name(name, sizeof name, id, gen, 'k');
-    if ((rc = vs_create_file(db->dirfd, name, page, VS_PAGE))) return rc;
+    if ((rc = vs_create_file(db->dirfd, name, page, VS_PAGE, VS_PAGE))) return rc;
     vs_fhdr_encode(page, VS_MAGIC_V, id, db->nshards, gen);
     vs_hdr_seal(page);
     vs_name(name, sizeof name, id, gen, 'v');
-    if ((rc = vs_create_file(db->dirfd, name, page, VS_PAGE))) return rc;
-    memset(page, 0, 64);
+    if ((rc = vs_create_file(db->dirfd, name, page, VS_PAGE, VS_PAGE))) return rc;
+    vs_fhdr_encode(page, LS_MAGIC_L, id, db->nshards, gen);
+    vs_hdr_seal(page);
+    vs_name(name, sizeof name, id, gen, 'l');
+    if ((rc = vs_create_file(db->dirfd, name, page, LS_LOG_HDR, LS_LOG_HDR))) return rc;
+    memset(page, 0, VS_STATE_BYTES);
     vs_state_encode(page, &tmp, db->nshards, &st);
     vs_name(name, sizeof name, id, gen, 'b');
-    return vs_create_file(db->dirfd, name, page, VS_PAGE + VS_VSEC_BYTES);
+    return vs_create_file(db->dirfd, name, page, VS_PAGE, VS_PAGE + VS_VSEC_BYTES);
 }
 
 /* Address of a value slot, given bsec, the section the buffer holds (a
@@ -1768,25 +1831,28 @@ static lr_slot *vs_read_begin(vs_shard *s, unsigned *side, uint64_t *bsec) {
  * next sync of the buffer file persists (it only ever lags). Runs without
  * the mutex during the syncs: writers go on meanwhile. */
 static int vs_sync(kvidx *db, vs_shard *s) {
-    uint64_t pos;
+    uint64_t pos, lpos, ltrunc;
     int r;
     pthread_mutex_lock(&s->mu);
     r = s->err;
-    pos = s->kpos;
-    if (!r && pos == s->durable) r = 1; /* nothing new */
+    pos = s->kpos, lpos = s->lpos, ltrunc = s->ltrunc;
+    if (!r && pos == s->durable && lpos == s->ldurable) r = 1; /* nothing new */
     pthread_mutex_unlock(&s->mu);
     if (r) return r < 0 ? r : KVIDX_OK;
     r = os_fdatasync(s->bfd);
     if (!r) r = os_fdatasync(s->kfd);
+    if (!r) r = os_fdatasync(s->lfd);
     pthread_mutex_lock(&s->mu);
     if (r) {
         r = vs_fail_sync(s);
     } else {
-        if (pos > s->st.synced) {
-            s->st.synced = pos;
-            vs_state_write(s, db->nshards, 0);
-        }
+        int dirty = 0;
+        if (ltrunc != s->ltrunc) lpos = 0; /* the log was cut meanwhile: lpos is stale */
+        if (pos > s->st.synced) s->st.synced = pos, dirty = 1;
+        if (lpos > s->st.lsynced) s->st.lsynced = lpos, dirty = 1;
+        if (dirty) vs_state_write(s, db->nshards, 0);
         if (pos > s->durable) s->durable = pos;
+        if (lpos > s->ldurable) s->ldurable = lpos;
     }
     pthread_mutex_unlock(&s->mu);
     return r;
@@ -1920,6 +1986,12 @@ static int vs_check_fhdr(kvidx *db, vs_shard *s, int fd, uint64_t size, const ch
     return vs_fhdr_check(h, magic, s->id, db->nshards, s->gen);
 }
 
+/* The list store (section 6) opens, folds and frees its part of a shard. */
+static int ls_open(kvidx *db, vs_shard *s, int rw);
+static int ls_log_large(const vs_shard *s, int writing);
+static int ls_snapshot(kvidx *db, vs_shard *s);
+static void ls_release(vs_shard *s);
+
 /* Opens shard s (id and gen set): maps the buffer, loads the state,
  * checks the value log, replays the key log; read-write handles then
  * start a new epoch. On error the caller releases what was set up. */
@@ -1951,12 +2023,14 @@ static int vs_open_shard(kvidx *db, vs_shard *s) {
     if ((rc = vs_check_fhdr(db, s, s->kfd, ksize, VS_MAGIC_K))) return rc;
     if ((rc = vs_replay(s, ksize, rw))) return rc;
     s->durable = s->st.synced;
+    if ((rc = ls_open(db, s, rw))) return rc;
     if (rw) {
         /* A new epoch before any write of this handle: records it writes
          * can never be confused with stale ones of an earlier session. */
         if (s->st.epoch == UINT32_MAX) return KVIDX_EFULL;
         s->st.epoch++;
         if ((rc = vs_state_write(s, db->nshards, 1))) return rc;
+        if (ls_log_large(s, 0) && (rc = ls_snapshot(db, s))) return rc;
     }
     return KVIDX_OK;
 }
@@ -1974,6 +2048,7 @@ static void vs_release_shard(vs_shard *s) {
     os_close(s->bfd);
     lr_map_free(&s->map[0]);
     lr_map_free(&s->map[1]);
+    ls_release(s);
     lr_ctl_free(s->lr);
     s->lr = NULL;
     pthread_mutex_destroy(&s->mu);
@@ -1983,7 +2058,1027 @@ static void vs_release_shard(vs_shard *s) {
 }
 
 /* ======================================================================
- * 6. Shards and the public API
+ * 6. List store (ls_)
+ *
+ * A list (a sorted set of distinct ids under a key) is a B+tree of
+ * immutable nodes: leaves hold up to KVIDX_LS_LEAF ids compressed as
+ * offsets from their first id in 1..8 bytes each (frame of reference),
+ * inner nodes hold up to KVIDX_LS_FAN children with each child's first
+ * id and the count of ids below. A shard's lists hang off one more tree
+ * of the same shape, the key index: its leaves hold (list key, list
+ * root) pairs.
+ *
+ * Readers and writers: the structure is copy-on-write. A change builds
+ * new nodes for the path it touches (a leaf and its ancestors; nodes it
+ * does not touch are shared by old and new versions), publishes them
+ * with one atomic store (a new root of the key index, or a list's new
+ * root in its key-leaf cell), waits until every reader that could hold
+ * an old node has left (lr_wait_readers: the shard's Left-Right grace
+ * period, same indicators as the value maps), then frees the replaced
+ * nodes. So both sides of the shard see one copy of every list: no list
+ * body is stored twice. Readers arrive and depart like value readers and
+ * never wait. Only the shard's writer (under its mutex) changes anything.
+ *
+ * On disk (docs/FORMAT.md): sNNNN.g.l, the list log, one checksummed
+ * record per change (op, sequence number, key, ids delta-encoded as
+ * varints), appended with pwrite: in the page cache before the call
+ * returns, so it survives kill -9; and sNNNN.g.ls, the snapshot (keys
+ * ascending, each list's count and ids as varints), written to a
+ * temporary, synced and renamed into place, after which the log is
+ * truncated. Open loads the snapshot, replays the log records after it,
+ * and drops a torn tail.
+ * ====================================================================== */
+
+enum { LS_IDS, LS_KEYS, LS_INNER };
+
+typedef struct ls_node {
+    uint16_t n;     /* ids (LS_IDS), lists (LS_KEYS) or children (LS_INNER) */
+    uint8_t kind;   /* LS_IDS, LS_KEYS, LS_INNER */
+    uint8_t width;  /* LS_IDS: bytes per id offset, 1..8 */
+    uint32_t pad;
+    uint64_t x;     /* LS_IDS: the first id; LS_INNER: ids (or lists) below */
+    uint64_t u[];   /* LS_IDS: n - 1 offsets from x, little-endian, width
+                       bytes each, then 7 zero bytes (offsets are read 8
+                       bytes at a time); LS_KEYS, LS_INNER: key[n] (LS_INNER:
+                       the first key below each child), then ptr[n] */
+} ls_node;
+
+/* A vector of (key, value) pairs: children being assembled, or nodes. */
+typedef struct ls_vec {
+    uint64_t *k, *v;
+    size_t n, cap;
+} ls_vec;
+
+/* One change in the making: the nodes it made (freed if it fails) and
+ * the nodes it replaces (freed once it is published and readers left). */
+typedef struct ls_ctx {
+    vs_shard *s;
+    ls_vec fresh;
+    ls_vec old;
+    ls_node *old_tree; /* a whole list the change drops (put, delete) */
+} ls_ctx;
+
+#define LS_PTR(v) ((ls_node *)(uintptr_t)(v))
+#define LS_VAL(p) ((uint64_t)(uintptr_t)(p))
+#define LS_REC_HDR 32u  /* a list log record's fixed part; 8 checksum bytes follow the ids */
+
+enum { LS_OP_PUT = 1, LS_OP_ADD = 2, LS_OP_REMOVE = 3, LS_OP_DELETE = 4 };
+
+static ls_node *ls_ptr(const ls_node *nd, unsigned i) { return LS_PTR(nd->u[nd->n + i]); }
+
+/* A list root from a key leaf: the writer changes these cells in place. */
+static ls_node *ls_root_at(const ls_node *nd, unsigned i) {
+    return LS_PTR(__atomic_load_n(&nd->u[nd->n + i], __ATOMIC_ACQUIRE));
+}
+
+static uint64_t ls_count(const ls_node *nd) { return nd->kind == LS_INNER ? nd->x : nd->n; }
+
+static size_t ls_size(unsigned kind, unsigned n, unsigned width) {
+    if (kind == LS_IDS) return sizeof(ls_node) + (n > 1 ? (size_t)(n - 1) * width + 7 : 0);
+    return sizeof(ls_node) + (size_t)n * 16;
+}
+
+/* What the allocator hands out for a request of sz bytes (glibc: 8 bytes
+ * of header, 16-byte granules, 32 at least): the RAM a node costs. */
+static uint64_t ls_ram(size_t sz) {
+    sz = (sz + 8 + 15) & ~(size_t)15;
+    return sz < 32 ? 32 : sz;
+}
+
+static uint64_t ls_mask(unsigned w) { return w >= 8 ? UINT64_MAX : (UINT64_C(1) << (8 * w)) - 1; }
+
+/* Id i of leaf nd. */
+static uint64_t ls_id(const ls_node *nd, unsigned i) {
+    if (i == 0) return nd->x;
+    return nd->x + (get_le64((const uint8_t *)nd->u + (size_t)(i - 1) * nd->width) & ls_mask(nd->width));
+}
+
+static unsigned ls_decode(const ls_node *nd, uint64_t *out) {
+    const uint8_t *p = (const uint8_t *)nd->u;
+    uint64_t m = ls_mask(nd->width);
+    unsigned i, w = nd->width;
+    out[0] = nd->x;
+    for (i = 1; i < nd->n; i++, p += w) out[i] = nd->x + (get_le64(p) & m);
+    return nd->n;
+}
+
+/* First position in leaf nd whose id is >= x (nd->n if none). */
+static unsigned ls_lower(const ls_node *nd, uint64_t x) {
+    unsigned lo = 0, hi = nd->n;
+    while (lo < hi) {
+        unsigned mid = (lo + hi) / 2;
+        if (ls_id(nd, mid) < x) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+/* Number of keys of the pair node nd that are <= x. */
+static unsigned ls_upper(const ls_node *nd, uint64_t x) {
+    unsigned lo = 0, hi = nd->n;
+    while (lo < hi) {
+        unsigned mid = (lo + hi) / 2;
+        if (nd->u[mid] <= x) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+/* The child of inner node nd to look for x in (the first if x is below
+ * them all). */
+static unsigned ls_child(const ls_node *nd, uint64_t x) {
+    unsigned i = ls_upper(nd, x);
+    return i ? i - 1 : 0;
+}
+
+/* ---- reading (inside a read section, or by the writer) --------------- */
+
+/* The root of list key in the key index idx, or NULL; *cell receives the
+ * key-leaf cell holding it (writer only). */
+static ls_node *ls_find(const ls_node *idx, uint64_t key, uint64_t **cell) {
+    const ls_node *nd = idx;
+    while (nd) {
+        unsigned i = ls_upper(nd, key);
+        if (nd->kind == LS_KEYS) {
+            if (!i || nd->u[i - 1] != key) return NULL;
+            if (cell) *cell = (uint64_t *)&nd->u[nd->n + i - 1];
+            return ls_root_at(nd, i - 1);
+        }
+        if (!i) return NULL;
+        nd = ls_ptr(nd, i - 1);
+    }
+    return NULL;
+}
+
+/* 1 if list root holds id. */
+static int ls_has(const ls_node *root, uint64_t id) {
+    const ls_node *nd = root;
+    unsigned i;
+    while (nd->kind == LS_INNER) nd = ls_ptr(nd, ls_child(nd, id));
+    i = ls_lower(nd, id);
+    return i < nd->n && ls_id(nd, i) == id;
+}
+
+/* The leaf of the tree at nd where keys (ids) >= from begin; *next
+ * receives the first key of the leaf after it, *more whether there is one.
+ * Leaves are found from the root: no sibling links to keep. */
+static const ls_node *ls_leaf_for(const ls_node *nd, uint64_t from, uint64_t *next, int *more) {
+    *more = 0;
+    while (nd->kind == LS_INNER) {
+        unsigned i = ls_child(nd, from);
+        if (i + 1 < nd->n) *more = 1, *next = nd->u[i + 1]; /* the deepest is the nearest */
+        nd = ls_ptr(nd, i);
+    }
+    return nd;
+}
+
+/* Copies up to cap ids >= from of list root into out; returns how many. */
+static size_t ls_page(const ls_node *root, uint64_t from, uint64_t *out, size_t cap) {
+    size_t got = 0;
+    while (got < cap) {
+        uint64_t next = 0;
+        int more;
+        const ls_node *nd = ls_leaf_for(root, from, &next, &more);
+        unsigned i;
+        for (i = ls_lower(nd, from); i < nd->n && got < cap; i++) out[got++] = ls_id(nd, i);
+        if (got == cap || !more) break;
+        from = next;
+    }
+    return got;
+}
+
+/* Copies up to max (key, count) pairs of lists with keys in [from, to]
+ * from key index idx; returns how many. */
+static size_t ls_collect(const ls_node *idx, uint64_t from, uint64_t to, uint64_t *keys,
+                         uint64_t *counts, size_t max) {
+    size_t n = 0;
+    while (idx && n < max) {
+        uint64_t next = 0;
+        int more;
+        const ls_node *nd = ls_leaf_for(idx, from, &next, &more);
+        unsigned i;
+        for (i = from ? ls_upper(nd, from - 1) : 0; i < nd->n && n < max; i++) {
+            if (nd->u[i] > to) return n;
+            keys[n] = nd->u[i];
+            counts[n++] = ls_count(ls_root_at(nd, i));
+        }
+        if (n == max || !more || next > to) break;
+        from = next;
+    }
+    return n;
+}
+
+/* ---- building and changing (the shard's writer) ----------------------- */
+
+static void ls_vec_free(ls_vec *v) {
+    os_free(v->k);
+    os_free(v->v);
+    memset(v, 0, sizeof *v);
+}
+
+static int ls_vec_push(ls_vec *v, uint64_t k, uint64_t val) {
+    if (v->n == v->cap) {
+        size_t cap = v->cap ? v->cap * 2 : 16;
+        uint64_t *nk = os_malloc(cap * sizeof *nk), *nv = os_malloc(cap * sizeof *nv);
+        if (!nk || !nv) {
+            os_free(nk);
+            os_free(nv);
+            return KVIDX_ENOMEM;
+        }
+        if (v->n) {
+            memcpy(nk, v->k, v->n * sizeof *nk);
+            memcpy(nv, v->v, v->n * sizeof *nv);
+        }
+        os_free(v->k);
+        os_free(v->v);
+        v->k = nk, v->v = nv, v->cap = cap;
+    }
+    v->k[v->n] = k;
+    v->v[v->n++] = val;
+    return KVIDX_OK;
+}
+
+static void ls_node_free(vs_shard *s, ls_node *nd) {
+    s->lbytes -= ls_ram(ls_size(nd->kind, nd->n, nd->width));
+    os_free(nd);
+}
+
+/* Frees a whole tree: a list, or the key index with its lists. */
+static void ls_tree_free(vs_shard *s, ls_node *nd) {
+    unsigned i;
+    if (!nd) return;
+    if (nd->kind != LS_IDS)
+        for (i = 0; i < nd->n; i++) ls_tree_free(s, ls_ptr(nd, i));
+    ls_node_free(s, nd);
+}
+
+static ls_node *ls_alloc(ls_ctx *cx, unsigned kind, unsigned n, unsigned width) {
+    size_t sz = ls_size(kind, n, width);
+    ls_node *nd = os_malloc(sz);
+    if (!nd) return NULL;
+    if (ls_vec_push(&cx->fresh, 0, LS_VAL(nd))) {
+        os_free(nd);
+        return NULL;
+    }
+    cx->s->lbytes += ls_ram(sz);
+    nd->n = (uint16_t)n, nd->kind = (uint8_t)kind, nd->width = (uint8_t)width, nd->pad = 0;
+    return nd;
+}
+
+/* Node nd is replaced by the change. */
+static int ls_retire(ls_ctx *cx, const ls_node *nd) { return ls_vec_push(&cx->old, 0, LS_VAL(nd)); }
+
+/* Ready for the next change; the vectors keep their room unless large. */
+static void ls_ctx_reset(ls_ctx *cx) {
+    if (cx->fresh.cap > 4096) ls_vec_free(&cx->fresh);
+    if (cx->old.cap > 4096) ls_vec_free(&cx->old);
+    cx->fresh.n = cx->old.n = 0;
+    cx->old_tree = NULL;
+}
+
+/* The change failed: frees what it made; the old version is untouched. */
+static void ls_abort(ls_ctx *cx) {
+    size_t i;
+    for (i = 0; i < cx->fresh.n; i++) ls_node_free(cx->s, LS_PTR(cx->fresh.v[i]));
+    ls_ctx_reset(cx);
+}
+
+/* The change is published and no reader can hold what it replaced. */
+static void ls_commit(ls_ctx *cx) {
+    size_t i;
+    for (i = 0; i < cx->old.n; i++) ls_node_free(cx->s, LS_PTR(cx->old.v[i]));
+    ls_tree_free(cx->s, cx->old_tree);
+    ls_ctx_reset(cx);
+}
+
+/* A leaf of ids[0, n) (ascending, 1 <= n <= KVIDX_LS_LEAF), appended to
+ * out as (first id, node). Each offset is stored with an 8-byte write
+ * that the next one partly overwrites: the slack takes the last. */
+static int ls_leaf(ls_ctx *cx, const uint64_t *ids, size_t n, ls_vec *out) {
+    uint64_t span = ids[n - 1] - ids[0];
+    unsigned w = 1;
+    size_t i;
+    ls_node *nd;
+    uint8_t *p;
+    while (w < 8 && (span >> (8 * w))) w++;
+    nd = ls_alloc(cx, LS_IDS, (unsigned)n, w);
+    if (!nd) return KVIDX_ENOMEM;
+    nd->x = ids[0];
+    p = (uint8_t *)nd->u;
+    if (n > 1) memset(p + (n - 1) * w, 0, 7);
+    for (i = 1; i < n; i++) put_le64(p + (i - 1) * w, ids[i] - ids[0]);
+    return ls_vec_push(out, ids[0], LS_VAL(nd));
+}
+
+/* The fewest leaves for ids[0, n), filled evenly. */
+static int ls_leaves(ls_ctx *cx, const uint64_t *ids, size_t n, ls_vec *out) {
+    size_t k = (n + KVIDX_LS_LEAF - 1) / KVIDX_LS_LEAF, i, at = 0;
+    int rc = KVIDX_OK;
+    for (i = 0; i < k && !rc; i++) {
+        size_t take = n / k + (i < n % k);
+        rc = ls_leaf(cx, ids + at, take, out);
+        at += take;
+    }
+    return rc;
+}
+
+/* The fewest nodes of kind (LS_KEYS or LS_INNER) for the pairs
+ * k[0, n), v[0, n), filled evenly, appended to out. */
+static int ls_pairs(ls_ctx *cx, unsigned kind, const uint64_t *k, const uint64_t *v, size_t n,
+                    ls_vec *out) {
+    size_t cnt = (n + KVIDX_LS_FAN - 1) / KVIDX_LS_FAN, i, j, at = 0;
+    for (i = 0; i < cnt; i++) {
+        size_t take = n / cnt + (i < n % cnt);
+        ls_node *nd = ls_alloc(cx, kind, (unsigned)take, 0);
+        uint64_t below = 0;
+        if (!nd) return KVIDX_ENOMEM;
+        memcpy(nd->u, k + at, take * sizeof *k);
+        memcpy(nd->u + take, v + at, take * sizeof *v);
+        for (j = 0; kind == LS_INNER && j < take; j++) below += ls_count(LS_PTR(v[at + j]));
+        nd->x = kind == LS_INNER ? below : take;
+        if (ls_vec_push(out, k[at], LS_VAL(nd))) return KVIDX_ENOMEM;
+        at += take;
+    }
+    return KVIDX_OK;
+}
+
+/* Makes one root of the nodes in v (all of one height): adds levels
+ * while there are several, drops a root with a single child. *root is
+ * NULL when v is empty. Empties v. */
+static int ls_top(ls_ctx *cx, ls_vec *v, ls_node **root) {
+    int rc = KVIDX_OK;
+    while (v->n > 1 && !rc) {
+        ls_vec up = {0, 0, 0, 0};
+        rc = ls_pairs(cx, LS_INNER, v->k, v->v, v->n, &up);
+        ls_vec_free(v);
+        *v = up;
+    }
+    *root = v->n ? LS_PTR(v->v[0]) : NULL;
+    while (!rc && *root && (*root)->kind == LS_INNER && (*root)->n == 1) {
+        ls_node *only = ls_ptr(*root, 0);
+        rc = ls_retire(cx, *root); /* a fresh node: retired, it is freed at commit */
+        *root = only;
+    }
+    ls_vec_free(v);
+    return rc;
+}
+
+/* A list of ids[0, n) (ascending, distinct, n >= 1). */
+static int ls_build(ls_ctx *cx, const uint64_t *ids, size_t n, ls_node **root) {
+    ls_vec v = {0, 0, 0, 0};
+    int rc = ls_leaves(cx, ids, n, &v);
+    if (rc) {
+        ls_vec_free(&v);
+        return rc;
+    }
+    return ls_top(cx, &v, root);
+}
+
+/* Below this many entries a node is merged with a neighbour after a
+ * removal, so that removals give memory back. */
+static unsigned ls_min(unsigned kind) {
+    return kind == LS_IDS ? KVIDX_LS_LEAF / 4 : KVIDX_LS_FAN / 4;
+}
+
+/* Replaces the neighbours v[i], v[i + 1] (same kind and height) by the
+ * one or two nodes holding their entries. */
+static int ls_merge(ls_ctx *cx, ls_vec *v, size_t i) {
+    ls_node *a = LS_PTR(v->v[i]), *b = LS_PTR(v->v[i + 1]);
+    ls_vec m = {0, 0, 0, 0};
+    size_t j;
+    int rc;
+    if ((rc = ls_retire(cx, a)) || (rc = ls_retire(cx, b))) return rc;
+    if (a->kind == LS_IDS) {
+        uint64_t ids[2 * KVIDX_LS_LEAF];
+        unsigned n = ls_decode(a, ids);
+        n += ls_decode(b, ids + n);
+        rc = ls_leaves(cx, ids, n, &m);
+    } else {
+        uint64_t k[2 * KVIDX_LS_FAN], val[2 * KVIDX_LS_FAN];
+        for (j = 0; j < a->n; j++) k[j] = a->u[j], val[j] = a->u[a->n + j];
+        for (j = 0; j < b->n; j++) k[a->n + j] = b->u[j], val[a->n + j] = b->u[b->n + j];
+        rc = ls_pairs(cx, a->kind, k, val, (size_t)a->n + b->n, &m);
+    }
+    if (!rc) {
+        /* m holds one or two nodes: put them where a and b were. */
+        v->k[i] = m.k[0], v->v[i] = m.v[0];
+        if (m.n == 2) {
+            v->k[i + 1] = m.k[1], v->v[i + 1] = m.v[1];
+        } else {
+            memmove(v->k + i + 1, v->k + i + 2, (v->n - i - 2) * sizeof *v->k);
+            memmove(v->v + i + 1, v->v + i + 2, (v->n - i - 2) * sizeof *v->v);
+            v->n--;
+        }
+    }
+    ls_vec_free(&m);
+    return rc;
+}
+
+/* The children kv of a changed inner node, which the change retires:
+ * after a removal, small children are merged with a neighbour; then the
+ * children are spread over the fewest inner nodes, appended to out. */
+static int ls_finish(ls_ctx *cx, const ls_node *nd, ls_vec *kv, int shrank, ls_vec *out) {
+    int rc = ls_retire(cx, nd);
+    size_t i = 0;
+    while (!rc && shrank && i < kv->n && kv->n > 1) {
+        const ls_node *c = LS_PTR(kv->v[i]);
+        if (c->n >= ls_min(c->kind)) {
+            i++;
+            continue;
+        }
+        rc = ls_merge(cx, kv, i + 1 < kv->n ? i : i - 1);
+        if (i == kv->n) i--; /* merged into its left neighbour: check that */
+    }
+    if (!rc && kv->n) rc = ls_pairs(cx, LS_INNER, kv->k, kv->v, kv->n, out);
+    return rc;
+}
+
+/* Adds (add) or removes the ascending distinct ids b[0, nb) in the
+ * subtree nd: appends to out the nodes replacing nd, at nd's height (nd
+ * itself if nothing changed), and adds to *changed the ids added or
+ * removed. */
+static int ls_edit(ls_ctx *cx, ls_node *nd, const uint64_t *b, size_t nb, int add, ls_vec *out,
+                   size_t *changed) {
+    int rc = KVIDX_OK;
+    if (nd->kind == LS_IDS) {
+        uint64_t have[KVIDX_LS_LEAF], stack[2 * KVIDX_LS_LEAF], *m = stack;
+        unsigned n = ls_decode(nd, have), i = 0;
+        size_t j = 0, k = 0;
+        if (add && n == KVIDX_LS_LEAF && b[0] > have[n - 1]) {
+            /* Ids past a full leaf (ascending arrivals): keep the leaf,
+             * start new ones, so leaves stay full. */
+            *changed += nb;
+            rc = ls_vec_push(out, nd->x, LS_VAL(nd));
+            return rc ? rc : ls_leaves(cx, b, nb, out);
+        }
+        if (add && n + nb > 2 * KVIDX_LS_LEAF && !(m = os_malloc((n + nb) * sizeof *m)))
+            return KVIDX_ENOMEM;
+        if (add) {
+            while (i < n || j < nb) {
+                if (j == nb || (i < n && have[i] < b[j])) m[k++] = have[i++];
+                else if (i == n || b[j] < have[i]) m[k++] = b[j++];
+                else m[k++] = have[i++], j++;
+            }
+        } else {
+            for (; i < n; i++) {
+                while (j < nb && b[j] < have[i]) j++;
+                if (j == nb || b[j] != have[i]) m[k++] = have[i];
+            }
+        }
+        if (k == n) {
+            rc = ls_vec_push(out, nd->x, LS_VAL(nd)); /* no change */
+        } else {
+            *changed += add ? k - n : n - k;
+            rc = ls_retire(cx, nd);
+            if (!rc && k) rc = ls_leaves(cx, m, k, out);
+        }
+        if (m != stack) os_free(m);
+        return rc;
+    }
+    {
+        ls_vec kv = {0, 0, 0, 0};
+        size_t lo = 0, before = *changed;
+        unsigned i;
+        for (i = 0; i < nd->n && !rc; i++) {
+            size_t hi = nb;
+            if (i + 1 < nd->n) { /* the ids below the next child's first */
+                size_t a = lo, z = nb;
+                while (a < z) {
+                    size_t mid = a + (z - a) / 2;
+                    if (b[mid] < nd->u[i + 1]) a = mid + 1;
+                    else z = mid;
+                }
+                hi = a;
+            }
+            if (hi == lo) rc = ls_vec_push(&kv, nd->u[i], nd->u[nd->n + i]);
+            else rc = ls_edit(cx, ls_ptr(nd, i), b + lo, hi - lo, add, &kv, changed);
+            lo = hi;
+        }
+        if (!rc) {
+            if (*changed == before) rc = ls_vec_push(out, nd->u[0], LS_VAL(nd));
+            else rc = ls_finish(cx, nd, &kv, !add, out);
+        }
+        ls_vec_free(&kv);
+        return rc;
+    }
+}
+
+/* Inserts (root != NULL) the absent list key, or removes the present
+ * one, in the key-index subtree nd, appending its replacements to out. */
+static int ls_edit_key(ls_ctx *cx, const ls_node *nd, uint64_t key, const ls_node *root,
+                       ls_vec *out) {
+    ls_vec kv = {0, 0, 0, 0};
+    unsigned i;
+    int rc = KVIDX_OK;
+    if (nd->kind == LS_KEYS) {
+        unsigned pos = key ? ls_upper(nd, key - 1) : 0; /* keys below key */
+        for (i = 0; i < nd->n && !rc; i++) {
+            if (i == pos) {
+                if (!root) continue; /* the key removed */
+                rc = ls_vec_push(&kv, key, LS_VAL(root));
+            }
+            if (!rc) rc = ls_vec_push(&kv, nd->u[i], nd->u[nd->n + i]);
+        }
+        if (!rc && root && pos == nd->n) rc = ls_vec_push(&kv, key, LS_VAL(root));
+        if (!rc) rc = ls_retire(cx, nd);
+        if (!rc && kv.n) rc = ls_pairs(cx, LS_KEYS, kv.k, kv.v, kv.n, out);
+    } else {
+        unsigned at = ls_child(nd, key);
+        for (i = 0; i < nd->n && !rc; i++) {
+            if (i == at) rc = ls_edit_key(cx, ls_ptr(nd, i), key, root, &kv);
+            else rc = ls_vec_push(&kv, nd->u[i], nd->u[nd->n + i]);
+        }
+        if (!rc) rc = ls_finish(cx, nd, &kv, !root, out);
+    }
+    ls_vec_free(&kv);
+    return rc;
+}
+
+/* One change to shard s's lists: op with the ascending distinct ids
+ * b[0, nb) (LS_OP_PUT: nb >= 1). The caller holds s->mu, or is the open
+ * (log == 0: replaying, no reader yet). With log, the change is appended
+ * to the list log before it is published. *changed: ids added (add, put),
+ * removed (remove, delete). KVIDX_NOTFOUND: remove or delete of a list
+ * that does not exist. On error nothing changed. */
+static int ls_apply(vs_shard *s, unsigned op, uint64_t key, const uint64_t *b,
+                    size_t nb, size_t *changed, int log);
+
+static void ls_name(char *buf, size_t n, const vs_shard *s, const char *ext) {
+    snprintf(buf, n, "s%04u.%u.%s", (unsigned)s->id, (unsigned)s->gen, ext);
+}
+
+/* ---- varints: 7 bits a byte, low bits first, high bit = more follow;
+ * the ninth byte, if reached, holds the last 8 bits whole, so no value
+ * takes more than 9 bytes (as SQLite's varints, low bits first). ------ */
+
+static size_t ls_put_varint(uint8_t *p, uint64_t v) {
+    size_t n = 0;
+    while (n < 8 && v >= 0x80) {
+        p[n++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    p[n++] = (uint8_t)v; /* n == 9: v < 256 after 56 bits */
+    return n;
+}
+
+/* Reads a varint at *p (before end); 0 if truncated. */
+static int ls_get_varint(const uint8_t **p, const uint8_t *end, uint64_t *v) {
+    uint64_t x = 0;
+    unsigned i;
+    for (i = 0; i < 9 && *p < end; i++) {
+        uint8_t c = *(*p)++;
+        if (i == 8) {
+            *v = x | (uint64_t)c << 56;
+            return 1;
+        }
+        x |= (uint64_t)(c & 0x7F) << (7 * i);
+        if (!(c & 0x80)) {
+            *v = x;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Ascending distinct ids as varints: the first id, then each gap - 1. */
+static size_t ls_put_ids(uint8_t *p, const uint64_t *ids, size_t n) {
+    size_t at = 0, i;
+    for (i = 0; i < n; i++) at += ls_put_varint(p + at, i ? ids[i] - ids[i - 1] - 1 : ids[0]);
+    return at;
+}
+
+/* Decodes n ids encoded by ls_put_ids; 0 if malformed. */
+static int ls_get_ids(const uint8_t **p, const uint8_t *end, uint64_t *ids, size_t n) {
+    size_t i;
+    uint64_t v;
+    for (i = 0; i < n; i++) {
+        if (!ls_get_varint(p, end, &v)) return 0;
+        if (!i) {
+            ids[0] = v;
+        } else {
+            if (v >= UINT64_MAX - ids[i - 1]) return 0; /* past UINT64_MAX */
+            ids[i] = ids[i - 1] + v + 1;
+        }
+    }
+    return 1;
+}
+
+/* Grows the shard's scratch buffer to n bytes. */
+static int ls_scratch(vs_shard *s, size_t n) {
+    uint8_t *p;
+    if (n <= s->lbuf_cap) return KVIDX_OK;
+    if (!(p = os_malloc(n))) return KVIDX_ENOMEM;
+    os_free(s->lbuf);
+    s->lbuf = p;
+    s->lbuf_cap = n;
+    return KVIDX_OK;
+}
+
+/* ---- the list log -------------------------------------------------------
+ *   0  u32  L: bytes of ids
+ *   4  u8   op (LS_OP_*)      5 u8 flags (0)      6 u16 reserved (0)
+ *   8  u64  lsn: 1, 2, 3 ... over the shard's list changes
+ *  16  u64  key
+ *  24  u64  n: ids
+ *  32  L    ids (ls_put_ids)
+ * 32+L u64  XXH3-64 of bytes [0, 32 + L), seeded */
+
+static int ls_log_append(vs_shard *s, unsigned op, uint64_t key, const uint64_t *ids, size_t n) {
+    uint8_t *p;
+    size_t len;
+    int r = ls_scratch(s, LS_REC_HDR + n * 9 + 8);
+    if (r) return r;
+    p = s->lbuf;
+    len = ls_put_ids(p + LS_REC_HDR, ids, n);
+    put_le32(p, (uint32_t)len);
+    p[4] = (uint8_t)op, p[5] = 0;
+    put_le16(p + 6, 0);
+    put_le64(p + 8, s->lsn + 1);
+    put_le64(p + 16, key);
+    put_le64(p + 24, n);
+    put_le64(p + LS_REC_HDR + len, ck_seeded(p, LS_REC_HDR + len, CK_SEED_LREC));
+    r = os_pwrite(s->lfd, p, LS_REC_HDR + len + 8, s->lpos);
+    if (r) return vs_fail(s, os_rc(r)); /* the next record overwrites a partial one */
+    s->lpos += LS_REC_HDR + len + 8;
+    s->lsn++;
+    return KVIDX_OK;
+}
+
+/* Empties the list log (everything in it is in the snapshot): first the
+ * durable mark comes down (durably), then the file is cut and synced, so
+ * that no sync can vouch for bytes that are gone. */
+static int ls_log_cut(kvidx *db, vs_shard *s, uint64_t to) {
+    int r;
+    if (s->st.lsynced > to) {
+        s->st.lsynced = to;
+        if ((r = vs_state_write(s, db->nshards, 1))) return r;
+    }
+    s->ltrunc++; /* a sync in flight must not raise the mark for the old bytes */
+    r = os_ftruncate(s->lfd, to);
+    if (!r) r = os_fsync(s->lfd);
+    if (r) return vs_fail_sync(s); /* the log's state on disk is unknown: stop writing */
+    s->lpos = s->ldurable = to;
+    return KVIDX_OK;
+}
+
+/* Replays the list log (mapped at m, fsize bytes) over the snapshot,
+ * which holds changes up to snap_lsn. Records must follow each other
+ * (lsn + 1); those up to snap_lsn are skipped. Replay stops at the first
+ * record that fails a check: before the durable mark that is damage
+ * (KVIDX_ECORRUPT), after it a torn tail, dropped (and cut off when rw). */
+static int ls_replay(kvidx *db, vs_shard *s, const uint8_t *m, uint64_t fsize, uint64_t snap_lsn,
+                     int rw) {
+    uint64_t pos = LS_LOG_HDR, prev = 0, applied = 0, *ids = NULL, ids_cap = 0;
+    int rc = KVIDX_OK;
+    while (pos < fsize && !rc) {
+        const uint8_t *p = m + pos, *q, *end;
+        uint64_t len, lsn, key, n, left = fsize - pos;
+        size_t changed;
+        unsigned op;
+        if (left < LS_REC_HDR + 8) break;
+        len = get_le32(p), op = p[4], lsn = get_le64(p + 8), key = get_le64(p + 16), n = get_le64(p + 24);
+        if (len > left - LS_REC_HDR - 8 || op < LS_OP_PUT || op > LS_OP_DELETE || p[5] ||
+            get_le16(p + 6) || get_le64(p + LS_REC_HDR + len) != ck_seeded(p, LS_REC_HDR + len, CK_SEED_LREC))
+            break;
+        if (lsn == 0 || (prev ? lsn != prev + 1 : lsn > snap_lsn + 1)) break; /* stale or missing */
+        if (op == LS_OP_DELETE ? (n || len) : (!n || n > len)) break;
+        if (n > ids_cap) {
+            os_free(ids);
+            ids_cap = n < 1024 ? 1024 : n;
+            if (!(ids = os_malloc(ids_cap * sizeof *ids))) {
+                rc = KVIDX_ENOMEM;
+                break;
+            }
+        }
+        q = p + LS_REC_HDR, end = q + len;
+        if (!ls_get_ids(&q, end, ids, n) || q != end) break;
+        if (lsn > snap_lsn) {
+            rc = ls_apply(s, op, key, ids, n, &changed, 0);
+            if (rc == KVIDX_NOTFOUND) rc = KVIDX_ECORRUPT; /* the log disagrees with itself */
+            applied++;
+        }
+        prev = lsn;
+        pos += LS_REC_HDR + len + 8;
+    }
+    os_free(ids);
+    if (rc) return rc;
+    if (pos < s->st.lsynced) return KVIDX_ECORRUPT; /* damage where the log was durable */
+    s->lsn = prev > snap_lsn ? prev : snap_lsn;
+    s->lpos = pos;
+    s->ldurable = s->st.lsynced;
+    if (!rw) return KVIDX_OK;
+    /* A log whose records the snapshot all holds starts over empty (its
+     * next record, snap_lsn + 1, must not follow an older one). */
+    if (!applied) pos = LS_LOG_HDR;
+    if (pos < fsize) {
+        db_log(db, "shard %u: list log: %llu bytes after offset %llu dropped (torn tail or covered by the snapshot)",
+                   (unsigned)s->id, (unsigned long long)(fsize - pos), (unsigned long long)pos);
+        return ls_log_cut(db, s, pos);
+    }
+    return KVIDX_OK;
+}
+
+/* ---- the snapshot ------------------------------------------------------
+ * A 64-byte header (magic KVIDXSNP, format, shard, shards, generation;
+ * 24: lsn of the last change it holds; 32: lists; 40: ids; 48: XXH3-64 of
+ * the body; 56: of the header), then per list, keys ascending: the key
+ * (the first as is, then the gap - 1 to the previous key), the count, the
+ * ids (ls_put_ids), all varints. */
+
+typedef struct ls_out {
+    XXH3_state_t h; /* of the body, as written */
+    int fd, rc;
+    uint64_t off;   /* file offset of buf[0] */
+    uint8_t *buf;
+    size_t n;
+    uint64_t prev;  /* previous key or id written */
+} ls_out;
+
+#define LS_OUT_BUF ((size_t)1 << 20)
+
+static void ls_out_flush(ls_out *o) {
+    if (!o->rc && o->n) {
+        XXH3_64bits_update(&o->h, o->buf, o->n);
+        o->rc = os_rc(os_pwrite(o->fd, o->buf, o->n, o->off));
+        o->off += o->n;
+    }
+    o->n = 0;
+}
+
+static void ls_out_varint(ls_out *o, uint64_t v) {
+    if (o->n + 9 > LS_OUT_BUF) ls_out_flush(o);
+    o->n += ls_put_varint(o->buf + o->n, v);
+}
+
+static void ls_out_ids(ls_out *o, const ls_node *nd, int *first) {
+    unsigned i;
+    if (nd->kind == LS_INNER) {
+        for (i = 0; i < nd->n; i++) ls_out_ids(o, ls_ptr(nd, i), first);
+        return;
+    }
+    for (i = 0; i < nd->n; i++) {
+        uint64_t id = ls_id(nd, i);
+        ls_out_varint(o, *first ? id : id - o->prev - 1);
+        *first = 0;
+        o->prev = id;
+    }
+}
+
+static void ls_out_lists(ls_out *o, const ls_node *nd, uint64_t *prev_key, int *first) {
+    unsigned i;
+    for (i = 0; i < nd->n && !o->rc; i++) {
+        const ls_node *root = ls_ptr(nd, i);
+        int first_id = 1;
+        if (nd->kind == LS_INNER) {
+            ls_out_lists(o, root, prev_key, first);
+            continue;
+        }
+        ls_out_varint(o, *first ? nd->u[i] : nd->u[i] - *prev_key - 1);
+        *first = 0;
+        *prev_key = nd->u[i];
+        ls_out_varint(o, ls_count(root));
+        ls_out_ids(o, root, &first_id);
+    }
+}
+
+/* Writes the snapshot of all of s's lists (temporary, sync, rename, sync
+ * the directory), then empties the log. Writer (s->mu held). A failure
+ * before the rename leaves the log as it was: nothing is lost. */
+static int ls_snapshot(kvidx *db, vs_shard *s) {
+    char name[48], tmp[48];
+    uint8_t h[LS_SNAP_HDR];
+    uint64_t prev_key = 0;
+    int first = 1, rc;
+    ls_out *o = NULL;
+    void *mem = NULL;
+    ls_name(name, sizeof name, s, "ls");
+    ls_name(tmp, sizeof tmp, s, "ls.tmp");
+    /* XXH3_state_t wants 64-byte alignment: carve o out of a larger block. */
+    if (!(mem = os_malloc(sizeof *o + 64))) return KVIDX_ENOMEM;
+    o = (ls_out *)(((uintptr_t)mem + 63) & ~(uintptr_t)63);
+    memset(o, 0, sizeof *o);
+    if (!(o->buf = os_malloc(LS_OUT_BUF))) {
+        os_free(mem);
+        return KVIDX_ENOMEM;
+    }
+    o->fd = os_open(db->dirfd, tmp, O_RDWR | O_CREAT | O_TRUNC, 0644);
+    if (o->fd < 0) o->rc = os_rc(o->fd);
+    o->off = LS_SNAP_HDR;
+    XXH3_64bits_reset_withSeed(&o->h, CK_SEED_SNAP);
+    if (s->lroot) ls_out_lists(o, s->lroot, &prev_key, &first);
+    ls_out_flush(o);
+    vs_fhdr_encode(h, LS_MAGIC_S, s->id, db->nshards, s->gen);
+    put_le64(h + 24, s->lsn);
+    put_le64(h + 32, s->lists);
+    put_le64(h + 40, s->lids);
+    put_le64(h + 48, XXH3_64bits_digest(&o->h));
+    vs_hdr_seal(h);
+    rc = o->rc;
+    if (!rc) rc = os_rc(os_pwrite(o->fd, h, sizeof h, 0));
+    if (!rc) rc = os_rc(os_fsync(o->fd));
+    os_close(o->fd);
+    if (!rc) rc = os_rc(os_renameat(db->dirfd, tmp, name));
+    if (!rc) rc = os_rc(os_fsync(db->dirfd));
+    if (!rc) s->lsnap_bytes = o->off;
+    os_free(o->buf);
+    os_free(mem);
+    if (rc) {
+        os_unlinkat(db->dirfd, tmp);
+        return rc;
+    }
+    return ls_log_cut(db, s, LS_LOG_HDR);
+}
+
+/* Loads the snapshot, if there is one: sets s->lroot and the counts, and
+ * *snap_lsn (0 without a snapshot). */
+static int ls_load(kvidx *db, vs_shard *s, uint64_t *snap_lsn) {
+    char name[48];
+    struct stat st;
+    const uint8_t *m, *p, *end;
+    uint64_t lists, nids, i, prev_key = 0, *ids = NULL, ids_cap = 0, total = 0;
+    ls_vec kv = {0, 0, 0, 0}, lv = {0, 0, 0, 0};
+    ls_ctx *cx = s->lcx;
+    int fd, rc, err = 0;
+    *snap_lsn = 0;
+    ls_name(name, sizeof name, s, "ls");
+    fd = os_open(db->dirfd, name, O_RDONLY, 0);
+    if (fd == -ENOENT) return KVIDX_OK;
+    if (fd < 0) return os_rc(fd);
+    if (fstat(fd, &st)) {
+        os_close(fd);
+        return os_rc(-errno);
+    }
+    if ((uint64_t)st.st_size < LS_SNAP_HDR) {
+        os_close(fd);
+        return KVIDX_ECORRUPT;
+    }
+    m = os_mmap(fd, 0, (uint64_t)st.st_size, 0, &err);
+    os_close(fd);
+    if (!m) return os_rc(err);
+    end = m + st.st_size;
+    rc = vs_fhdr_check(m, LS_MAGIC_S, s->id, db->nshards, s->gen);
+    if (!rc && get_le64(m + 48) != ck_seeded(m + LS_SNAP_HDR, (size_t)st.st_size - LS_SNAP_HDR, CK_SEED_SNAP))
+        rc = KVIDX_ECORRUPT;
+    lists = get_le64(m + 32), nids = get_le64(m + 40);
+    if (!rc && (lists > (uint64_t)st.st_size || nids > (uint64_t)st.st_size)) rc = KVIDX_ECORRUPT;
+    p = m + LS_SNAP_HDR;
+    for (i = 0; i < lists && !rc; i++) {
+        uint64_t key, n;
+        ls_node *root;
+        if (!ls_get_varint(&p, end, &key) || !ls_get_varint(&p, end, &n) || n == 0 ||
+            n > (uint64_t)(end - p) || (i && key >= UINT64_MAX - prev_key)) {
+            rc = KVIDX_ECORRUPT;
+            break;
+        }
+        key = i ? prev_key + key + 1 : key;
+        prev_key = key;
+        if (n > ids_cap) {
+            os_free(ids);
+            ids_cap = n < 1024 ? 1024 : n;
+            if (!(ids = os_malloc(ids_cap * sizeof *ids))) {
+                rc = KVIDX_ENOMEM;
+                break;
+            }
+        }
+        if (!ls_get_ids(&p, end, ids, n)) {
+            rc = KVIDX_ECORRUPT;
+            break;
+        }
+        rc = ls_build(cx, ids, n, &root);
+        if (!rc) rc = ls_vec_push(&kv, key, LS_VAL(root));
+        if (rc) ls_abort(cx); /* the partial list */
+        else ls_commit(cx);   /* keeps it: the list is in kv */
+        total += n;
+    }
+    if (!rc && (p != end || total != nids)) rc = KVIDX_ECORRUPT;
+    if (!rc && kv.n) {
+        rc = ls_pairs(cx, LS_KEYS, kv.k, kv.v, kv.n, &lv);
+        if (!rc) rc = ls_top(cx, &lv, &s->lroot);
+        if (rc) ls_abort(cx);
+        else ls_commit(cx);
+    }
+    if (rc) {
+        for (i = 0; i < kv.n; i++) ls_tree_free(s, LS_PTR(kv.v[i]));
+        s->lroot = NULL;
+    } else {
+        s->lists = lists, s->lids = nids, s->lsn = *snap_lsn = get_le64(m + 24);
+        s->lsnap_bytes = (uint64_t)st.st_size;
+    }
+    ls_vec_free(&kv);
+    ls_vec_free(&lv);
+    os_free(ids);
+    os_munmap((void *)m, (uint64_t)st.st_size);
+    return rc;
+}
+
+/* Opens the lists of shard s: the snapshot, then the log. */
+static int ls_open(kvidx *db, vs_shard *s, int rw) {
+    char name[48];
+    uint64_t snap_lsn, size;
+    uint8_t h[64];
+    const uint8_t *m;
+    int rc, err = 0;
+    if (rw) {
+        ls_name(name, sizeof name, s, "ls.tmp"); /* a snapshot that never finished */
+        os_unlinkat(db->dirfd, name);
+    }
+    if ((rc = vs_open_file(db, s, 'l', rw, &s->lfd, &size))) return rc;
+    if (size < LS_LOG_HDR) return KVIDX_ECORRUPT;
+    if ((rc = os_rc(os_pread(s->lfd, h, sizeof h, 0)))) return rc;
+    if ((rc = vs_fhdr_check(h, LS_MAGIC_L, s->id, db->nshards, s->gen))) return rc;
+    if ((rc = ls_load(db, s, &snap_lsn))) return rc;
+    m = os_mmap(s->lfd, 0, size, 0, &err);
+    if (!m) return os_rc(err);
+    rc = ls_replay(db, s, m, size, snap_lsn, rw);
+    os_munmap((void *)m, size);
+    return rc;
+}
+
+/* The log is worth folding into a snapshot: at close and open when it
+ * holds KVIDX_LS_SNAP_MIN bytes and half the snapshot's size; while
+ * writing, at KVIDX_LS_SNAP_AUTO bytes and twice the snapshot's size. */
+static int ls_log_large(const vs_shard *s, int writing) {
+    uint64_t log = s->lpos - LS_LOG_HDR;
+    if (writing) return log >= KVIDX_LS_SNAP_AUTO && log >= 2 * s->lsnap_bytes;
+    return log >= KVIDX_LS_SNAP_MIN && log >= s->lsnap_bytes / 2;
+}
+
+static int ls_apply(vs_shard *s, unsigned op, uint64_t key, const uint64_t *b,
+                    size_t nb, size_t *changed, int log) {
+    ls_ctx *cx = s->lcx;
+    uint64_t *cell = NULL, before;
+    ls_node *root = ls_find(s->lroot, key, &cell), *nr = NULL, *idx = NULL;
+    ls_vec v = {0, 0, 0, 0};
+    size_t ch = 0;
+    int rc = KVIDX_OK;
+    *changed = 0;
+    if (!root && (op == LS_OP_REMOVE || op == LS_OP_DELETE)) return KVIDX_NOTFOUND;
+    if (!nb && op != LS_OP_DELETE) return KVIDX_OK; /* nothing to add or remove */
+    before = root ? ls_count(root) : 0;
+    if (op == LS_OP_PUT || (op == LS_OP_ADD && !root)) {
+        rc = ls_build(cx, b, nb, &nr);
+        cx->old_tree = root;
+        ch = nb;
+    } else if (op == LS_OP_DELETE) {
+        cx->old_tree = root;
+        ch = (size_t)before;
+    } else {
+        rc = ls_edit(cx, root, b, nb, op == LS_OP_ADD, &v, &ch);
+        if (!rc) rc = ls_top(cx, &v, &nr);
+        ls_vec_free(&v);
+        if (!rc && !ch) { /* nothing changed: nothing to write */
+            ls_abort(cx);
+            return KVIDX_OK;
+        }
+    }
+    if (!rc && !root != !nr) { /* the list appears or goes: the key index changes */
+        if (!s->lroot) {
+            uint64_t k = key, val = LS_VAL(nr);
+            rc = ls_pairs(cx, LS_KEYS, &k, &val, 1, &v);
+        } else {
+            rc = ls_edit_key(cx, s->lroot, key, nr, &v);
+        }
+        if (!rc) rc = ls_top(cx, &v, &idx);
+        ls_vec_free(&v);
+    }
+    if (!rc && log) rc = ls_log_append(s, op, key, b, nb);
+    if (rc) {
+        cx->old_tree = NULL;
+        ls_abort(cx);
+        return rc;
+    }
+    /* Publish (release: the new nodes' contents before the pointer), let
+     * every reader that may hold a replaced node leave, free them. */
+    if (!root != !nr) __atomic_store_n(&s->lroot, idx, __ATOMIC_RELEASE);
+    else __atomic_store_n(cell, LS_VAL(nr), __ATOMIC_RELEASE);
+    if (log) lr_wait_readers(s->lr);
+    ls_commit(cx);
+    s->lists = s->lists + (nr != NULL) - (root != NULL);
+    s->lids = s->lids + (nr ? ls_count(nr) : 0) - before;
+    if (log) s->lwrites++;
+    *changed = ch;
+    return KVIDX_OK;
+}
+
+/* Frees the lists of s and closes its list log. */
+static void ls_release(vs_shard *s) {
+    ls_tree_free(s, s->lroot);
+    s->lroot = NULL;
+    if (s->lcx) {
+        ls_vec_free(&s->lcx->fresh);
+        ls_vec_free(&s->lcx->old);
+        os_free(s->lcx);
+        s->lcx = NULL;
+    }
+    os_close(s->lfd);
+    s->lfd = -1;
+    os_free(s->lbuf);
+    s->lbuf = NULL;
+    s->lbuf_cap = 0;
+}
+
+/* ======================================================================
+ * 7. Shards and the public API
  * ====================================================================== */
 
 #define DB_HDR_NAME "kvidx.hdr"
@@ -2278,13 +3373,15 @@ static int db_open(kvidx *db, const char *dir) {
     for (i = 0; i < db->nshards; i++) {
         vs_shard *s = &db->sh[i];
         s->id = i;
-        s->kfd = s->vfd = s->bfd = -1;
+        s->kfd = s->vfd = s->bfd = s->lfd = -1;
         s->ksec = UINT64_MAX;
         pthread_mutex_init(&s->mu, NULL);
         if ((rc = lr_map_init(&s->map[0])) || (rc = lr_map_init(&s->map[1]))) return rc;
         if (!(s->lr = lr_ctl_new())) return KVIDX_ENOMEM;
         s->vmap = os_calloc(VS_VMAP_CHUNKS, sizeof *s->vmap);
         if (!s->vmap) return KVIDX_ENOMEM;
+        if (!(s->lcx = os_calloc(1, sizeof *s->lcx))) return KVIDX_ENOMEM;
+        s->lcx->s = s;
     }
     if ((rc = db_find_gens(db))) return rc;
     return db_open_shards(db);
@@ -2389,6 +3486,13 @@ int kvidx_close(kvidx *db) {
         pthread_mutex_unlock(&db->bg_mu);
         pthread_join(db->bg, NULL);
     }
+    /* A large list log is folded into a snapshot, so the next open loads
+     * it rather than replaying changes. A failure loses nothing. */
+    for (i = 0; !(db->flags & KVIDX_RDONLY) && i < db->nshards; i++) {
+        vs_shard *s = &db->sh[i];
+        int r = s->err || !ls_log_large(s, 0) ? KVIDX_OK : ls_snapshot(db, s);
+        if (r) db_log(db, "shard %u: list snapshot at close failed: %s", (unsigned)s->id, kvidx_strerror(r));
+    }
     rc = db_sync_all(db);
     /* Persist the state the syncs updated (the durable prefix): the next
      * open then checks the whole log as durable. */
@@ -2405,12 +3509,13 @@ int kvidx_sync(kvidx *db) {
     return rc ? rc : db_sync_all(db);
 }
 
-/* With KVIDX_SYNC: makes the write just done durable before returning.
- * Concurrent writers of a shard each call fdatasync; the kernel lets a
- * call that finds nothing dirty return at once, so they share the work. */
-static int db_sync_write(vs_shard *s, int value) {
-    int r = value ? os_fdatasync(s->bfd) : 0;
-    if (!r) r = os_fdatasync(s->kfd);
+/* With KVIDX_SYNC: makes the write just done durable before returning,
+ * by syncing the files it wrote (fd a, if >= 0, then fd b). Concurrent
+ * writers of a shard each call fdatasync; the kernel lets a call that
+ * finds nothing dirty return at once, so they share the work. */
+static int db_sync_write(vs_shard *s, int a, int b) {
+    int r = a >= 0 ? os_fdatasync(a) : 0;
+    if (!r) r = os_fdatasync(b);
     if (!r) return KVIDX_OK;
     pthread_mutex_lock(&s->mu);
     r = vs_fail_sync(s);
@@ -2431,7 +3536,7 @@ int kvidx_put(kvidx *db, uint64_t key, const void *val, size_t len) {
     pthread_mutex_lock(&s->mu);
     rc = vs_put(db, s, key, h, val, len);
     pthread_mutex_unlock(&s->mu);
-    if (!rc && (db->flags & KVIDX_SYNC)) rc = db_sync_write(s, len > 0);
+    if (!rc && (db->flags & KVIDX_SYNC)) rc = db_sync_write(s, len ? s->bfd : -1, s->kfd);
     return rc;
 }
 
@@ -2477,8 +3582,151 @@ int kvidx_delete(kvidx *db, uint64_t key) {
     pthread_mutex_lock(&s->mu);
     rc = vs_del(s, key, h);
     pthread_mutex_unlock(&s->mu);
-    if (!rc && (db->flags & KVIDX_SYNC)) rc = db_sync_write(s, 0);
+    if (!rc && (db->flags & KVIDX_SYNC)) rc = db_sync_write(s, -1, s->kfd);
     return rc;
+}
+
+/* ---- lists: the public API ------------------------------------------- */
+
+/* Most ids one list call takes: its log record must stay under 4 GiB. */
+#define LS_CALL_MAX ((size_t)1 << 28)
+#define LS_QUIET 0x100u /* with LS_OP_DELETE: an absent list is no error (put of nothing) */
+
+/* Sorts and de-duplicates ids[0, n) into *out (stack if it fits in
+ * stack_n, else allocated: the caller frees it when *out != stack). */
+static int ls_sorted(const uint64_t *ids, size_t n, uint64_t *stack, size_t stack_n,
+                     uint64_t **out, size_t *nout) {
+    uint64_t *a = n <= stack_n ? stack : os_malloc(n * sizeof *a);
+    size_t i, k = 0;
+    if (!a) return KVIDX_ENOMEM;
+    memcpy(a, ids, n * sizeof *a);
+    for (i = 1; i < n && a[i - 1] < a[i]; i++) {}
+    if (i < n) { /* not ascending already */
+        if (n <= 32) {
+            for (i = 1; i < n; i++) {
+                uint64_t x = a[i];
+                size_t j = i;
+                for (; j > 0 && a[j - 1] > x; j--) a[j] = a[j - 1];
+                a[j] = x;
+            }
+        } else {
+            uint64_t *tmp = os_malloc(n * sizeof *tmp);
+            if (!tmp) {
+                if (a != stack) os_free(a);
+                return KVIDX_ENOMEM;
+            }
+            lr_sort_keys(a, tmp, n);
+            os_free(tmp);
+        }
+    }
+    for (i = 0; i < n; i++)
+        if (!k || a[i] != a[k - 1]) a[k++] = a[i];
+    *out = a;
+    *nout = k;
+    return KVIDX_OK;
+}
+
+/* Every list write: checks, sorts, applies under the shard mutex. */
+static int ls_write(kvidx *db, unsigned op, uint64_t key, const uint64_t *ids, size_t n,
+                    size_t *changed) {
+    uint64_t stack[32], *b = NULL, h;
+    size_t nb = 0, ch = 0;
+    vs_shard *s;
+    int rc = db_check(db);
+    if (rc) return rc;
+    if (!ids && n) return KVIDX_EINVAL;
+    if (db->flags & KVIDX_RDONLY) return KVIDX_ERDONLY;
+    if (n > LS_CALL_MAX) return KVIDX_ETOOBIG;
+    if (n && (rc = ls_sorted(ids, n, stack, sizeof stack / sizeof *stack, &b, &nb))) return rc;
+    if (op == LS_OP_PUT && !nb) op = LS_OP_DELETE | LS_QUIET;
+    h = ck_key(key);
+    s = db_shard(db, h);
+    pthread_mutex_lock(&s->mu);
+    rc = s->err ? s->err : ls_apply(s, op & 0xFF, key, b, nb, &ch, 1);
+    if (!rc && ch && ls_log_large(s, 1)) {
+        /* The log outgrew the snapshot: fold it in (a stall for this
+         * shard's writers, readers go on). A failure loses nothing. */
+        int r = ls_snapshot(db, s);
+        if (r) db_log(db, "shard %u: list snapshot failed: %s", (unsigned)s->id, kvidx_strerror(r));
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (b != stack) os_free(b);
+    if (rc == KVIDX_NOTFOUND && (op & LS_QUIET)) rc = KVIDX_OK;
+    if (!rc && ch && (db->flags & KVIDX_SYNC)) rc = db_sync_write(s, -1, s->lfd);
+    if ((!rc || rc == KVIDX_NOTFOUND) && changed) *changed = ch; /* 0 on NOTFOUND */
+    return rc;
+}
+
+int kvidx_list_put(kvidx *db, uint64_t key, const uint64_t *ids, size_t n) {
+    return ls_write(db, LS_OP_PUT, key, ids, n, NULL);
+}
+
+int kvidx_list_add(kvidx *db, uint64_t key, const uint64_t *ids, size_t n, size_t *added) {
+    return ls_write(db, LS_OP_ADD, key, ids, n, added);
+}
+
+int kvidx_list_remove(kvidx *db, uint64_t key, const uint64_t *ids, size_t n, size_t *removed) {
+    return ls_write(db, LS_OP_REMOVE, key, ids, n, removed);
+}
+
+int kvidx_list_delete(kvidx *db, uint64_t key) {
+    return ls_write(db, LS_OP_DELETE, key, NULL, 0, NULL);
+}
+
+/* Enters a read section of shard s for its lists: *idx is the key index
+ * to read until lr_depart. Wait-free, like vs_read_begin. */
+static lr_slot *ls_read_begin(vs_shard *s, const ls_node **idx) {
+    unsigned side;
+    lr_slot *sl = lr_arrive(s->lr, &side);
+    /* acquire: pairs with the writer's release store in ls_apply */
+    *idx = __atomic_load_n(&s->lroot, __ATOMIC_ACQUIRE);
+    return sl;
+}
+
+int kvidx_list_get(kvidx *db, uint64_t key, uint64_t from, uint64_t *out, size_t cap, size_t *n) {
+    int rc = db_check(db);
+    const ls_node *idx, *root;
+    vs_shard *s;
+    lr_slot *sl;
+    size_t got = 0;
+    if (rc) return rc;
+    if (!n || (!out && cap)) return KVIDX_EINVAL;
+    s = db_shard(db, ck_key(key));
+    sl = ls_read_begin(s, &idx);
+    root = ls_find(idx, key, NULL);
+    if (root) got = ls_page(root, from, out, cap);
+    lr_depart(s->lr, sl);
+    *n = got;
+    return root ? KVIDX_OK : KVIDX_NOTFOUND;
+}
+
+int kvidx_list_count(kvidx *db, uint64_t key, uint64_t *count) {
+    int rc = db_check(db);
+    const ls_node *idx, *root;
+    vs_shard *s;
+    lr_slot *sl;
+    if (rc) return rc;
+    if (!count) return KVIDX_EINVAL;
+    s = db_shard(db, ck_key(key));
+    sl = ls_read_begin(s, &idx);
+    root = ls_find(idx, key, NULL);
+    *count = root ? ls_count(root) : 0;
+    lr_depart(s->lr, sl);
+    return root ? KVIDX_OK : KVIDX_NOTFOUND;
+}
+
+int kvidx_list_contains(kvidx *db, uint64_t key, uint64_t id) {
+    int rc = db_check(db), has;
+    const ls_node *idx, *root;
+    vs_shard *s;
+    lr_slot *sl;
+    if (rc) return rc;
+    s = db_shard(db, ck_key(key));
+    sl = ls_read_begin(s, &idx);
+    root = ls_find(idx, key, NULL);
+    has = root && ls_has(root, id);
+    lr_depart(s->lr, sl);
+    return has ? KVIDX_OK : KVIDX_NOTFOUND;
 }
 
 /* A scan merges one cursor of keys per shard: a cursor is refilled from
@@ -2512,11 +3760,19 @@ typedef struct scan_sec {
 
 typedef struct scan_cur {
     uint64_t *keys;
+    uint64_t *counts; /* list scans: each list's id count */
     size_t n, i;
     uint64_t next; /* refill from here */
     int done;      /* no keys left in range */
     int sec;       /* its read section in the current batch, or -1 */
 } scan_cur;
+
+/* After a refill of c->n keys of at most cap: where the next one starts. */
+static void scan_refilled(scan_cur *c, uint64_t to, size_t cap) {
+    c->i = 0;
+    if (c->n < cap || c->keys[c->n - 1] >= to) c->done = 1;
+    else c->next = c->keys[c->n - 1] + 1;
+}
 
 /* Refills cursor c of shard s with up to cap keys in [c->next, to]. */
 static void scan_refill(vs_shard *s, scan_cur *c, uint64_t to, size_t cap) {
@@ -2525,9 +3781,16 @@ static void scan_refill(vs_shard *s, scan_cur *c, uint64_t to, size_t cap) {
     lr_slot *sl = vs_read_begin(s, &side, &bsec);
     c->n = lr_bt_collect(&s->map[side].bt, c->next, to, c->keys, cap);
     lr_depart(s->lr, sl);
-    c->i = 0;
-    if (c->n < cap || c->keys[c->n - 1] >= to) c->done = 1;
-    else c->next = c->keys[c->n - 1] + 1;
+    scan_refilled(c, to, cap);
+}
+
+/* Refills list cursor c of shard s with up to cap lists in [c->next, to]. */
+static void ls_refill(vs_shard *s, scan_cur *c, uint64_t to, size_t cap) {
+    const ls_node *idx;
+    lr_slot *sl = ls_read_begin(s, &idx);
+    c->n = ls_collect(idx, c->next, to, c->keys, c->counts, cap);
+    lr_depart(s->lr, sl);
+    scan_refilled(c, to, cap);
 }
 
 /* Fetches the values of items it[0, n) inside read sections sec[0, ns)
@@ -2648,8 +3911,56 @@ out:
     return rc;
 }
 
+/* A list scan merges one cursor of (key, count) pairs per shard, like
+ * kvidx_scan; the counts come with the keys, so there is nothing more to
+ * fetch, and the callback runs on the copies with nothing held. */
+int kvidx_list_scan(kvidx *db, uint64_t from, uint64_t to, kvidx_list_scan_fn fn, void *ud) {
+    int rc = db_check(db);
+    size_t per, ns, i, nh = 0, *heap = NULL;
+    scan_cur *cur = NULL;
+    uint64_t *keys = NULL, *counts = NULL;
+    if (rc) return rc;
+    if (!fn || from > to) return KVIDX_EINVAL;
+    ns = db->nshards;
+    per = KVIDX_SCAN_BATCH / ns;
+    per = per < 8 ? 8 : per > 64 ? 64 : per;
+    cur = os_calloc(ns, sizeof *cur);
+    heap = os_calloc(ns, sizeof *heap);
+    keys = os_malloc(ns * per * sizeof *keys);
+    counts = os_malloc(ns * per * sizeof *counts);
+    if (!cur || !heap || !keys || !counts) {
+        rc = KVIDX_ENOMEM;
+        goto out;
+    }
+    for (i = 0; i < ns; i++) {
+        cur[i].keys = keys + i * per;
+        cur[i].counts = counts + i * per;
+        cur[i].next = from;
+        ls_refill(&db->sh[i], &cur[i], to, per);
+        if (cur[i].n) heap[nh++] = i;
+    }
+    for (i = nh; i-- > 0;) scan_sift(cur, heap, nh, i);
+    while (nh) {
+        size_t sh = heap[0];
+        scan_cur *c = &cur[sh];
+        uint64_t key = c->keys[c->i], count = c->counts[c->i];
+        if (++c->i == c->n) {
+            if (!c->done) ls_refill(&db->sh[sh], c, to, per);
+            if (c->i == c->n) heap[0] = heap[--nh];
+        }
+        if (nh) scan_sift(cur, heap, nh, 0);
+        if (fn(ud, key, count)) break;
+    }
+out:
+    os_free(cur);
+    os_free(heap);
+    os_free(keys);
+    os_free(counts);
+    return rc;
+}
+
 /* ======================================================================
- * 7. Maintenance
+ * 8. Maintenance
  * ====================================================================== */
 
 static uint64_t db_file_blocks(int fd, uint64_t *size) {
@@ -2685,11 +3996,23 @@ int kvidx_stat(kvidx *db, kvidx_stats *out) {
         st.puts += s->puts;
         st.deletes += s->deletes;
         st.flushes += s->flushes;
+        st.lists += s->lists;
+        st.list_ids += s->lids;
+        st.list_ram_bytes += s->lbytes;
+        st.disk_bytes += db_file_blocks(s->lfd, &st.list_log_bytes);
+        st.list_snapshot_bytes += s->lsnap_bytes;
+        st.list_writes += s->lwrites;
         pthread_mutex_unlock(&s->mu);
     }
     {
         struct stat hs;
         if (fstatat(db->dirfd, DB_HDR_NAME, &hs, 0) == 0) st.disk_bytes += (uint64_t)hs.st_blocks * 512u;
+        for (i = 0; i < db->nshards; i++) {
+            char name[48];
+            ls_name(name, sizeof name, &db->sh[i], "ls");
+            if (db->sh[i].lsnap_bytes && fstatat(db->dirfd, name, &hs, 0) == 0)
+                st.disk_bytes += (uint64_t)hs.st_blocks * 512u;
+        }
     }
     st.garbage_records = st.records - st.keys;
     st.syncs = __atomic_load_n(&db->syncs, __ATOMIC_RELAXED); /* pairs with db_sync_all: a count only */

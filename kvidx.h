@@ -18,14 +18,19 @@
  *   Values: uint64_t keys -> byte strings of 0..KVIDX_VALUE_MAX (256) bytes,
  *   exact length preserved, every byte pattern legal. Keys are kept in
  *   power-of-two shards; kvidx_scan visits them in ascending numeric order.
+ *   Lists: uint64_t keys -> sorted sets of distinct uint64_t ids, in a
+ *   keyspace of their own (a key may hold a value and a list), kept in
+ *   memory in compressed copy-on-write chunks (about 4-6 bytes an id).
  *
  * THREADING
  *   A kvidx handle may be used from any number of threads at once; every
  *   function below is safe to call concurrently on one handle, except
  *   kvidx_close, which must be the last call on it (no call may run during
- *   or after it). Reads (kvidx_get, kvidx_scan) never lock and never wait:
- *   each shard keeps two copies of its index (Left-Right), readers use one
- *   while the shard's writer changes the other. Writes to one shard are
+ *   or after it). Reads (kvidx_get, kvidx_scan, the list reads) never lock
+ *   and never wait: each shard keeps two copies of its index (Left-Right),
+ *   readers use one while the shard's writer changes the other; lists are
+ *   copy-on-write trees both copies share, freed only after every reader
+ *   that could see them has left. Writes to one shard are
  *   serialized by its mutex and wait for the readers of the copy they
  *   change next; writes to different shards run in parallel. A write is
  *   visible to every read that starts after it returned, from any thread.
@@ -72,11 +77,11 @@ extern "C" {
 /* ---- version --------------------------------------------------------- */
 
 #define KVIDX_VERSION_MAJOR 0
-#define KVIDX_VERSION_MINOR 1
+#define KVIDX_VERSION_MINOR 2
 #define KVIDX_VERSION_PATCH 0
 #define KVIDX_VERSION_NUMBER \
     (KVIDX_VERSION_MAJOR * 10000 + KVIDX_VERSION_MINOR * 100 + KVIDX_VERSION_PATCH)
-#define KVIDX_VERSION_STRING "0.1.0"
+#define KVIDX_VERSION_STRING "0.2.0"
 
 /* ---- limits ----------------------------------------------------------- */
 
@@ -104,7 +109,7 @@ extern "C" {
  * get "unknown error"). Thread-safe. */
 const char *kvidx_strerror(int rc);
 
-/* The library's version, e.g. "0.1.0"; equals KVIDX_VERSION_STRING of the
+/* The library's version, e.g. "0.2.0"; equals KVIDX_VERSION_STRING of the
  * header it was built with. Thread-safe. */
 const char *kvidx_version(void);
 
@@ -208,6 +213,70 @@ typedef int (*kvidx_scan_fn)(void *ud, uint64_t key, const void *val, size_t len
  * not); KVIDX_ENOMEM; KVIDX_EMISUSE. */
 int kvidx_scan(kvidx *db, uint64_t from, uint64_t to, kvidx_scan_fn fn, void *ud);
 
+/* ---- lists ------------------------------------------------------------ */
+
+/* A list is a sorted set of distinct uint64_t ids under a uint64_t key
+ * (user -> followers, post -> likers). Lists and values are separate
+ * keyspaces: a key may hold a value and a list at once. A list exists
+ * while it holds at least one id; removing its last id deletes it.
+ * Every call is one atomic change: after a crash it is there completely
+ * or not at all. Reads (get, count, contains, scan) never lock and never
+ * wait. ids may be NULL when n == 0; added/removed may be NULL. In
+ * memory, lists are kept in compressed copy-on-write chunks of ids
+ * (docs/API.md gives the footprint); on disk, in a per-shard log of
+ * changes and a delta-encoded snapshot (docs/FORMAT.md).
+ *
+ * Write errors, for all list writes: KVIDX_EINVAL (NULL db, NULL ids
+ * with n > 0), KVIDX_ERDONLY, KVIDX_EMISUSE, KVIDX_ENOMEM, KVIDX_EFULL
+ * (disk full), KVIDX_EIO (as for kvidx_put, including its KVIDX_SYNC
+ * exception). On any error nothing is changed. */
+
+/* Replaces key's list by the n ids at ids (any order, duplicates
+ * allowed: they are sorted and de-duplicated); n == 0 deletes the list
+ * (KVIDX_OK even if it was absent). Returns KVIDX_OK or a write error. */
+int kvidx_list_put(kvidx *db, uint64_t key, const uint64_t *ids, size_t n);
+
+/* Adds the n ids (any order, duplicates allowed) to key's list, creating
+ * it if needed; *added = how many were not there before. Returns KVIDX_OK
+ * or a write error. Ids arriving in ascending order (new ids above all
+ * present ones) are the fast path. */
+int kvidx_list_add(kvidx *db, uint64_t key, const uint64_t *ids, size_t n, size_t *added);
+
+/* Removes the n ids from key's list; *removed = how many were there.
+ * Returns KVIDX_OK, KVIDX_NOTFOUND (no such list; *removed = 0) or a
+ * write error. */
+int kvidx_list_remove(kvidx *db, uint64_t key, const uint64_t *ids, size_t n, size_t *removed);
+
+/* Deletes key's list. Returns KVIDX_OK, KVIDX_NOTFOUND or a write error. */
+int kvidx_list_delete(kvidx *db, uint64_t key);
+
+/* Copies the ids of key's list that are >= from, ascending, at most cap
+ * of them, into out; *n = how many: exactly min(cap, ids >= from), so
+ * *n == 0 past the last id. Page through a list by calling again with
+ * from = last id + 1 (stop when *n < cap, or after the id UINT64_MAX).
+ * Returns KVIDX_OK, KVIDX_NOTFOUND (no such list; *n = 0), KVIDX_EINVAL
+ * (NULL db or n, NULL out with cap > 0), KVIDX_EMISUSE. One call reads
+ * one version of the list, even while writers change it. */
+int kvidx_list_get(kvidx *db, uint64_t key, uint64_t from, uint64_t *out, size_t cap, size_t *n);
+
+/* *count = the number of ids in key's list. Returns KVIDX_OK,
+ * KVIDX_NOTFOUND (*count = 0), KVIDX_EINVAL, KVIDX_EMISUSE. */
+int kvidx_list_count(kvidx *db, uint64_t key, uint64_t *count);
+
+/* Returns KVIDX_OK if key's list holds id, KVIDX_NOTFOUND if it does not
+ * or there is no such list; KVIDX_EINVAL, KVIDX_EMISUSE. */
+int kvidx_list_contains(kvidx *db, uint64_t key, uint64_t id);
+
+/* Called once per list by kvidx_list_scan. Return non-zero to stop. */
+typedef int (*kvidx_list_scan_fn)(void *ud, uint64_t key, uint64_t count);
+
+/* Calls fn for every list whose key is in [from, to], strictly ascending,
+ * each once, with its id count; same guarantees as kvidx_scan (fn runs
+ * with nothing held and may call any function). Returns KVIDX_OK whether
+ * it ran to the end or fn stopped it; KVIDX_EINVAL (NULL db or fn,
+ * from > to); KVIDX_ENOMEM; KVIDX_EMISUSE. */
+int kvidx_list_scan(kvidx *db, uint64_t from, uint64_t to, kvidx_list_scan_fn fn, void *ud);
+
 /* ---- maintenance ------------------------------------------------------ */
 
 typedef struct kvidx_stats {
@@ -229,6 +298,15 @@ typedef struct kvidx_stats {
     uint64_t deletes;         /* successful deletes since open */
     uint64_t flushes;         /* buffer sections written to the value logs since open */
     uint64_t syncs;           /* completed kvidx_sync calls, background ones included */
+    /* lists (fields from here on were added in 0.2.0) */
+    uint64_t lists;           /* lists (keys with at least one id) */
+    uint64_t list_ids;        /* ids over all lists */
+    uint64_t list_ram_bytes;  /* heap memory of the lists' chunks and key index (one copy,
+                                 shared by both sides), as the allocator hands it out */
+    uint64_t list_log_bytes;  /* sizes of the list logs (.l) */
+    uint64_t list_snapshot_bytes; /* sizes of the list snapshots (.ls) */
+    uint64_t list_writes;     /* list changes since open (put, add, remove, delete that
+                                 changed something) */
 } kvidx_stats;
 
 #define KVIDX_STAT_DIRECT_IO 0x1u
