@@ -28,7 +28,7 @@ TESTBINS := $(addprefix $(OUT)/,$(TESTS_BB) $(TESTS_WB))
 
 
 .PHONY: bench-lr
-.PHONY: bench-lists
+.PHONY: bench-lists bench-list-one
 .PHONY: all deps lib test demo bench bench-deps bench-values asan tsan valgrind install \
         uninstall check-symbols clean help run-tests
 
@@ -114,6 +114,14 @@ build/bench_kv: bench/bench_kv.c bench/bench.h kvidx.c kvidx.h | deps bench-deps
 bench-lists: deps bench-deps build/bench_lists
 	./build/bench_lists
 
+# One list grown one id per call to 1M ids (bench/bench_list_one.c; seconds).
+bench-list-one: deps build/bench_list_one
+	./build/bench_list_one
+
+build/bench_list_one: bench/bench_list_one.c bench/bench.h kvidx.c kvidx.h | deps
+	@mkdir -p build
+	$(CC) $(WARN) -D_GNU_SOURCE -O2 -g -I. bench/bench_list_one.c kvidx.c -o $@ $(LDLIBS)
+
 build/bench_lists: bench/bench_lists.c bench/bench.h kvidx.c kvidx.h | deps bench-deps
 	@mkdir -p build
 	$(CC) $(WARN) -D_GNU_SOURCE -O2 -g -DNDEBUG -I. bench/bench_lists.c kvidx.c -o $@ \
@@ -175,6 +183,7 @@ help:
 	@echo "make bench-values  the value store alone (bench/bench_values.c)"
 	@echo "make bench-lr   reads under a writer: Left-Right against a rwlock build"
 	@echo "make bench-lists  kvidx lists against Redis and LMDB (bench/bench_lists.c; installs them)"
+	@echo "make bench-list-one  one list grown to 1M ids one id per call"
 	@echo "make install    install to \$$DESTDIR\$$PREFIX (default /usr/local)"
 	@echo "make uninstall  remove what install put there"
 	@echo "make check-symbols  fail if libkvidx.so exports anything but kvidx_*"
