@@ -2663,6 +2663,18 @@ static int ls_get_ids(const uint8_t **p, const uint8_t *end, uint64_t *ids, size
     return 1;
 }
 
+/* Makes room for n ids in *ids (*cap of them); the old contents go. */
+static int ls_ids_room(uint64_t **ids, uint64_t *cap, uint64_t n) {
+    if (n <= *cap) return KVIDX_OK;
+    os_free(*ids);
+    *cap = n < 1024 ? 1024 : n;
+    if (!(*ids = os_malloc(*cap * sizeof **ids))) {
+        *cap = 0;
+        return KVIDX_ENOMEM;
+    }
+    return KVIDX_OK;
+}
+
 /* Grows the shard's scratch buffer to n bytes. */
 static int ls_scratch(vs_shard *s, size_t n) {
     uint8_t *p;
@@ -2742,14 +2754,7 @@ static int ls_replay(kvidx *db, vs_shard *s, const uint8_t *m, uint64_t fsize, u
             break;
         if (lsn == 0 || (prev ? lsn != prev + 1 : lsn > snap_lsn + 1)) break; /* stale or missing */
         if (op == LS_OP_DELETE ? (n || len) : (!n || n > len)) break;
-        if (n > ids_cap) {
-            os_free(ids);
-            ids_cap = n < 1024 ? 1024 : n;
-            if (!(ids = os_malloc(ids_cap * sizeof *ids))) {
-                rc = KVIDX_ENOMEM;
-                break;
-            }
-        }
+        if ((rc = ls_ids_room(&ids, &ids_cap, n))) break;
         q = p + LS_REC_HDR, end = q + len;
         if (!ls_get_ids(&q, end, ids, n) || q != end) break;
         if (lsn > snap_lsn) {
@@ -2932,14 +2937,7 @@ static int ls_load(kvidx *db, vs_shard *s, uint64_t *snap_lsn) {
         }
         key = i ? prev_key + key + 1 : key;
         prev_key = key;
-        if (n > ids_cap) {
-            os_free(ids);
-            ids_cap = n < 1024 ? 1024 : n;
-            if (!(ids = os_malloc(ids_cap * sizeof *ids))) {
-                rc = KVIDX_ENOMEM;
-                break;
-            }
-        }
+        if ((rc = ls_ids_room(&ids, &ids_cap, n))) break;
         if (!ls_get_ids(&p, end, ids, n)) {
             rc = KVIDX_ECORRUPT;
             break;
