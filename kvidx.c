@@ -131,6 +131,9 @@
 #ifndef KVIDX_LS_SNAP_AUTO
 #define KVIDX_LS_SNAP_AUTO ((uint64_t)64 << 20)
 #endif
+/* After a snapshot during writes failed (a full disk, say), the next try
+ * waits until the log has grown by this much: not one try per write. */
+#define LS_SNAP_RETRY (KVIDX_LS_SNAP_AUTO / 4)
 
 /* Fixed geometry of format version 1 (written into the header; a database
  * with other values is refused). */
@@ -1397,6 +1400,8 @@ typedef struct vs_state {
     uint64_t synced;  /* key-log records known durable (a lower bound) */
     uint32_t epoch;   /* bumped at every read-write open */
     uint64_t lsynced; /* list-log bytes known durable (a lower bound) */
+    int lnone;        /* decoded from a copy whose list part is all zero: a
+                         shard written by 0.1.x, which had no list files */
 } vs_state;
 
 #define VS_STATE_SLOT 512u /* second copy one sector after the first */
@@ -1446,6 +1451,7 @@ typedef struct vs_shard {
     uint64_t lists, lids;  /* lists and ids */
     uint64_t lbytes;       /* heap bytes of the list trees */
     uint64_t lsnap_bytes;  /* size of the snapshot */
+    uint64_t lsnap_retry;  /* lpos before which writes try no snapshot (after a failure) */
     uint64_t lwrites;      /* list changes since open */
     uint8_t *lbuf;         /* scratch: a list log record being encoded */
     size_t lbuf_cap;
@@ -1561,6 +1567,11 @@ static void vs_state_encode(uint8_t *p, const vs_shard *s, uint32_t shards, cons
     memcpy(p, b, VS_STATE_BYTES); /* one copy into the mapping: a torn copy fails a checksum */
 }
 
+static int vs_all_zero(const uint8_t *p, size_t n) {
+    while (n && !*p) p++, n--;
+    return n == 0;
+}
+
 static int vs_state_decode(const uint8_t *p, const vs_shard *s, uint32_t shards, vs_state *st) {
     int rc = vs_fhdr_check(p, VS_MAGIC_B, s->id, shards, s->gen);
     if (rc) return rc;
@@ -1568,8 +1579,9 @@ static int vs_state_decode(const uint8_t *p, const vs_shard *s, uint32_t shards,
     st->section = get_le64(p + 32);
     st->synced = get_le64(p + 40);
     st->epoch = get_le32(p + 48);
-    if (get_le64(p + 120) != ck_seeded(p + 64, 56, CK_SEED_HDR)) return KVIDX_ECORRUPT;
-    st->lsynced = get_le64(p + 64);
+    st->lnone = vs_all_zero(p + 64, VS_STATE_BYTES - 64);
+    if (!st->lnone && get_le64(p + 120) != ck_seeded(p + 64, 56, CK_SEED_HDR)) return KVIDX_ECORRUPT;
+    st->lsynced = get_le64(p + 64); /* 0 when lnone: a lower bound, so always safe */
     if (st->section > (KVIDX_SLOT_LIMIT >> VS_SEC_SHIFT)) return KVIDX_ECORRUPT;
     return KVIDX_OK;
 }
@@ -1612,12 +1624,23 @@ static int vs_create_file(int dirfd, const char *name, const uint8_t *page, uint
     return os_rc(r);
 }
 
+/* Creates the empty list log of generation gen of shard id. */
+static int ls_create_log(kvidx *db, uint32_t id, uint32_t gen) {
+    uint8_t page[LS_LOG_HDR];
+    char name[32];
+    memset(page, 0, sizeof page);
+    vs_fhdr_encode(page, LS_MAGIC_L, id, db->nshards, gen);
+    vs_hdr_seal(page);
+    vs_name(name, sizeof name, id, gen, 'l');
+    return vs_create_file(db->dirfd, name, page, LS_LOG_HDR, LS_LOG_HDR);
+}
+
 /* Creates the files of generation gen of shard id, empty. */
 static int vs_create_shard(kvidx *db, uint32_t id, uint32_t gen) {
     uint8_t page[VS_PAGE];
     char name[32];
     vs_shard tmp;
-    vs_state st = {1, 0, 0, 0, 0};
+    vs_state st = {1, 0, 0, 0, 0, 0};
     int rc;
     memset(&tmp, 0, sizeof tmp);
     tmp.id = id, tmp.gen = gen;
@@ -1630,10 +1653,7 @@ static int vs_create_shard(kvidx *db, uint32_t id, uint32_t gen) {
     vs_hdr_seal(page);
     vs_name(name, sizeof name, id, gen, 'v');
     if ((rc = vs_create_file(db->dirfd, name, page, VS_PAGE, VS_PAGE))) return rc;
-    vs_fhdr_encode(page, LS_MAGIC_L, id, db->nshards, gen);
-    vs_hdr_seal(page);
-    vs_name(name, sizeof name, id, gen, 'l');
-    if ((rc = vs_create_file(db->dirfd, name, page, LS_LOG_HDR, LS_LOG_HDR))) return rc;
+    if ((rc = ls_create_log(db, id, gen))) return rc;
     memset(page, 0, VS_STATE_BYTES);
     vs_state_encode(page, &tmp, db->nshards, &st);
     vs_name(name, sizeof name, id, gen, 'b');
@@ -2030,7 +2050,14 @@ static int vs_open_shard(kvidx *db, vs_shard *s) {
         if (s->st.epoch == UINT32_MAX) return KVIDX_EFULL;
         s->st.epoch++;
         if ((rc = vs_state_write(s, db->nshards, 1))) return rc;
-        if (ls_log_large(s, 0) && (rc = ls_snapshot(db, s))) return rc;
+        /* Fold a large log into a snapshot. A failure to write one loses
+         * nothing (the log stays); a failure to cut the log after it is a
+         * write error on the shard, and the open reports it. */
+        if (ls_log_large(s, 0) && (rc = ls_snapshot(db, s))) {
+            if (s->err) return rc;
+            db_log(db, "shard %u: list snapshot at open failed: %s", (unsigned)s->id,
+                   kvidx_strerror(rc));
+        }
     }
     return KVIDX_OK;
 }
@@ -2497,16 +2524,18 @@ static int ls_finish(ls_ctx *cx, const ls_node *nd, ls_vec *kv, int shrank, ls_v
  * subtree nd: appends to out the nodes replacing nd, at nd's height (nd
  * itself if nothing changed), and adds to *changed the ids added or
  * removed. */
-static int ls_edit(ls_ctx *cx, ls_node *nd, const uint64_t *b, size_t nb, int add, ls_vec *out,
-                   size_t *changed) {
+static int ls_edit(ls_ctx *cx, ls_node *nd, const uint64_t *b, size_t nb, int add, int last,
+                   ls_vec *out, size_t *changed) {
     int rc = KVIDX_OK;
     if (nd->kind == LS_IDS) {
         uint64_t have[KVIDX_LS_LEAF], stack[2 * KVIDX_LS_LEAF], *m = stack;
         unsigned n = ls_decode(nd, have), i = 0;
         size_t j = 0, k = 0;
-        if (add && n == KVIDX_LS_LEAF && b[0] > have[n - 1]) {
-            /* Ids past a full leaf (ascending arrivals): keep the leaf,
-             * start new ones, so leaves stay full. */
+        if (add && last && n == KVIDX_LS_LEAF && b[0] > have[n - 1]) {
+            /* Ids past the list's last leaf, full (ascending arrivals):
+             * keep the leaf, start new ones, so leaves stay full. Not for
+             * a leaf with a successor: ids arriving in descending order
+             * would leave a trail of one-id leaves behind it. */
             *changed += nb;
             rc = ls_vec_push(out, nd->x, LS_VAL(nd));
             return rc ? rc : ls_leaves(cx, b, nb, out);
@@ -2551,7 +2580,8 @@ static int ls_edit(ls_ctx *cx, ls_node *nd, const uint64_t *b, size_t nb, int ad
                 hi = a;
             }
             if (hi == lo) rc = ls_vec_push(&kv, nd->u[i], nd->u[nd->n + i]);
-            else rc = ls_edit(cx, ls_ptr(nd, i), b + lo, hi - lo, add, &kv, changed);
+            else rc = ls_edit(cx, ls_ptr(nd, i), b + lo, hi - lo, add, last && i + 1 == nd->n, &kv,
+                              changed);
             lo = hi;
         }
         if (!rc) {
@@ -2676,6 +2706,7 @@ static int ls_ids_room(uint64_t **ids, uint64_t *cap, uint64_t n) {
 }
 
 /* Grows the shard's scratch buffer to n bytes. */
+#define LS_SCRATCH_KEEP ((size_t)1 << 20) /* a larger record buffer is freed after use */
 static int ls_scratch(vs_shard *s, size_t n) {
     uint8_t *p;
     if (n <= s->lbuf_cap) return KVIDX_OK;
@@ -2710,6 +2741,10 @@ static int ls_log_append(vs_shard *s, unsigned op, uint64_t key, const uint64_t 
     put_le64(p + 24, n);
     put_le64(p + LS_REC_HDR + len, ck_seeded(p, LS_REC_HDR + len, CK_SEED_LREC));
     r = os_pwrite(s->lfd, p, LS_REC_HDR + len + 8, s->lpos);
+    if (s->lbuf_cap > LS_SCRATCH_KEEP) { /* one big put does not pin its buffer */
+        os_free(s->lbuf);
+        s->lbuf = NULL, s->lbuf_cap = 0;
+    }
     if (r) return vs_fail(s, os_rc(r)); /* the next record overwrites a partial one */
     s->lpos += LS_REC_HDR + len + 8;
     s->lsn++;
@@ -2754,6 +2789,10 @@ static int ls_replay(kvidx *db, vs_shard *s, const uint8_t *m, uint64_t fsize, u
             break;
         if (lsn == 0 || (prev ? lsn != prev + 1 : lsn > snap_lsn + 1)) break; /* stale or missing */
         if (op == LS_OP_DELETE ? (n || len) : (!n || n > len)) break;
+        if ((ck_key(key) & (db->nshards - 1)) != s->id) { /* whole, but not this shard's */
+            rc = KVIDX_ECORRUPT;
+            break;
+        }
         if ((rc = ls_ids_room(&ids, &ids_cap, n))) break;
         q = p + LS_REC_HDR, end = q + len;
         if (!ls_get_ids(&q, end, ids, n) || q != end) break;
@@ -2884,7 +2923,7 @@ static int ls_snapshot(kvidx *db, vs_shard *s) {
     os_close(o->fd);
     if (!rc) rc = os_rc(os_renameat(db->dirfd, tmp, name));
     if (!rc) rc = os_rc(os_fsync(db->dirfd));
-    if (!rc) s->lsnap_bytes = o->off;
+    if (!rc) s->lsnap_bytes = o->off, s->lsnap_retry = 0;
     os_free(o->buf);
     os_free(mem);
     if (rc) {
@@ -2937,6 +2976,10 @@ static int ls_load(kvidx *db, vs_shard *s, uint64_t *snap_lsn) {
         }
         key = i ? prev_key + key + 1 : key;
         prev_key = key;
+        if ((ck_key(key) & (db->nshards - 1)) != s->id) {
+            rc = KVIDX_ECORRUPT;
+            break;
+        }
         if ((rc = ls_ids_room(&ids, &ids_cap, n))) break;
         if (!ls_get_ids(&p, end, ids, n)) {
             rc = KVIDX_ECORRUPT;
@@ -2980,7 +3023,21 @@ static int ls_open(kvidx *db, vs_shard *s, int rw) {
         ls_name(name, sizeof name, s, "ls.tmp"); /* a snapshot that never finished */
         os_unlinkat(db->dirfd, name);
     }
-    if ((rc = vs_open_file(db, s, 'l', rw, &s->lfd, &size))) return rc;
+    rc = vs_open_file(db, s, 'l', rw, &s->lfd, &size);
+    if (rc == KVIDX_ECORRUPT && s->lfd == -ENOENT && s->st.lnone) {
+        /* A shard of 0.1.x: no list log yet. Read-only: no lists; read-
+         * write: the empty log, made durable before the state that the
+         * open writes next marks the shard as having one. */
+        s->lfd = -1;
+        if (!rw) {
+            s->lpos = LS_LOG_HDR;
+            return KVIDX_OK;
+        }
+        if ((rc = ls_create_log(db, s->id, s->gen))) return rc;
+        if ((rc = os_rc(os_fsync(db->dirfd)))) return rc;
+        rc = vs_open_file(db, s, 'l', rw, &s->lfd, &size);
+    }
+    if (rc) return rc;
     if (size < LS_LOG_HDR) return KVIDX_ECORRUPT;
     if ((rc = os_rc(os_pread(s->lfd, h, sizeof h, 0)))) return rc;
     if ((rc = vs_fhdr_check(h, LS_MAGIC_L, s->id, db->nshards, s->gen))) return rc;
@@ -3021,7 +3078,7 @@ static int ls_apply(vs_shard *s, unsigned op, uint64_t key, const uint64_t *b,
         cx->old_tree = root;
         ch = (size_t)before;
     } else {
-        rc = ls_edit(cx, root, b, nb, op == LS_OP_ADD, &v, &ch);
+        rc = ls_edit(cx, root, b, nb, op == LS_OP_ADD, 1, &v, &ch);
         if (!rc) rc = ls_top(cx, &v, &nr);
         ls_vec_free(&v);
         if (!rc && !ch) { /* nothing changed: nothing to write */
@@ -3641,11 +3698,15 @@ static int ls_write(kvidx *db, unsigned op, uint64_t key, const uint64_t *ids, s
     s = db_shard(db, h);
     pthread_mutex_lock(&s->mu);
     rc = s->err ? s->err : ls_apply(s, op & 0xFF, key, b, nb, &ch, 1);
-    if (!rc && ch && ls_log_large(s, 1)) {
+    if (!rc && ch && s->lpos >= s->lsnap_retry && ls_log_large(s, 1)) {
         /* The log outgrew the snapshot: fold it in (a stall for this
-         * shard's writers, readers go on). A failure loses nothing. */
+         * shard's writers, readers go on). A failure loses nothing; the
+         * next try waits until the log has grown by LS_SNAP_RETRY. */
         int r = ls_snapshot(db, s);
-        if (r) db_log(db, "shard %u: list snapshot failed: %s", (unsigned)s->id, kvidx_strerror(r));
+        if (r) {
+            s->lsnap_retry = s->lpos + LS_SNAP_RETRY;
+            db_log(db, "shard %u: list snapshot failed: %s", (unsigned)s->id, kvidx_strerror(r));
+        }
     }
     pthread_mutex_unlock(&s->mu);
     if (b != stack) os_free(b);
@@ -4000,17 +4061,17 @@ int kvidx_stat(kvidx *db, kvidx_stats *out) {
         st.disk_bytes += db_file_blocks(s->lfd, &st.list_log_bytes);
         st.list_snapshot_bytes += s->lsnap_bytes;
         st.list_writes += s->lwrites;
+        if (s->lsnap_bytes) { /* under the mutex: no snapshot is being renamed in */
+            char name[48];
+            struct stat ls;
+            ls_name(name, sizeof name, s, "ls");
+            if (fstatat(db->dirfd, name, &ls, 0) == 0) st.disk_bytes += (uint64_t)ls.st_blocks * 512u;
+        }
         pthread_mutex_unlock(&s->mu);
     }
     {
         struct stat hs;
         if (fstatat(db->dirfd, DB_HDR_NAME, &hs, 0) == 0) st.disk_bytes += (uint64_t)hs.st_blocks * 512u;
-        for (i = 0; i < db->nshards; i++) {
-            char name[48];
-            ls_name(name, sizeof name, &db->sh[i], "ls");
-            if (db->sh[i].lsnap_bytes && fstatat(db->dirfd, name, &hs, 0) == 0)
-                st.disk_bytes += (uint64_t)hs.st_blocks * 512u;
-        }
     }
     st.garbage_records = st.records - st.keys;
     st.syncs = __atomic_load_n(&db->syncs, __ATOMIC_RELAXED); /* pairs with db_sync_all: a count only */

@@ -191,7 +191,7 @@ static void test_tree_edits(void) {
             if (add) REQUIRE(ls_build(cx, b, nu, &nr) == KVIDX_OK);
             ch = add ? nu : 0;
         } else {
-            REQUIRE(ls_edit(cx, root, b, nu, add, &v, &ch) == KVIDX_OK);
+            REQUIRE(ls_edit(cx, root, b, nu, add, 1, &v, &ch) == KVIDX_OK);
             REQUIRE(ls_top(cx, &v, &nr) == KVIDX_OK);
         }
         bad += ch != want;
@@ -206,7 +206,7 @@ static void test_tree_edits(void) {
             uint64_t top = m.n ? m.a[m.n - 1] : 0;
             for (i = 0; i < 20000; i++) {
                 uint64_t x = top + 1 + i * 3;
-                REQUIRE(ls_edit(cx, root, &x, 1, 1, &v, &ch) == KVIDX_OK);
+                REQUIRE(ls_edit(cx, root, &x, 1, 1, 1, &v, &ch) == KVIDX_OK);
                 REQUIRE(ls_top(cx, &v, &nr) == KVIDX_OK);
                 ls_commit(cx);
                 root = nr;
@@ -228,30 +228,64 @@ static void test_tree_edits(void) {
     bare_free(s);
 }
 
-/* Ascending single adds keep leaves full: memory per id close to the
- * offset width plus the per-leaf costs. */
-static void test_ascending_fill(void) {
+/* 100,000 single adds of ids 7 apart, in the order `order` gives (0
+ * ascending, 1 descending, 2 alternating from both ends, 3 random): the
+ * tree holds them all; returns the bytes it takes an id. */
+static double fill(int order) {
     vs_shard *s = bare_shard();
     ls_ctx *cx = s->lcx;
     ls_node *root = NULL, *nr;
-    uint64_t i, x;
+    uint64_t i, x, n = 100000, *perm = NULL, prev = 0;
     size_t ch;
-    for (i = 0; i < 100000; i++) {
+    double per;
+    int first = 1, bad = 0;
+    if (order == 3) {
+        perm = malloc(n * sizeof *perm);
+        for (i = 0; i < n; i++) perm[i] = i;
+        for (i = n - 1; i > 0; i--) {
+            uint64_t j = t_below(i + 1), t = perm[i];
+            perm[i] = perm[j], perm[j] = t;
+        }
+    }
+    { /* a full leaf below them all: ids must go past it, and go on in their order */
+        uint64_t low[KVIDX_LS_LEAF];
+        for (i = 0; i < KVIDX_LS_LEAF; i++) low[i] = i;
+        if (ls_build(cx, low, KVIDX_LS_LEAF, &root) != KVIDX_OK) bad = 1;
+        ls_commit(cx);
+    }
+    for (i = 0; i < n && !bad; i++) {
         ls_vec v = {0, 0, 0, 0};
-        x = 1000000 + i * 7;
-        if (!root) REQUIRE(ls_build(cx, &x, 1, &nr) == KVIDX_OK);
-        else REQUIRE(ls_edit(cx, root, &x, 1, 1, &v, &ch) == KVIDX_OK && ls_top(cx, &v, &nr) == KVIDX_OK);
+        uint64_t r = order == 0 ? i : order == 1 ? n - 1 - i : order == 2 ? (i & 1 ? n - 1 - i / 2 : i / 2) : perm[i];
+        x = 1000000 + r * 7;
+        bad |= ls_edit(cx, root, &x, 1, 1, 1, &v, &ch) != KVIDX_OK || ls_top(cx, &v, &nr) != KVIDX_OK;
+        if (bad) break;
         ls_commit(cx);
         root = nr;
     }
-    CHECK(ls_count(root) == 100000);
-    /* 7-byte gaps over a leaf of 128 ids span < 65536: 2 bytes an id,
-     * plus a header and an inner cell per leaf. */
-    CHECK(s->lbytes < 100000 * 3);
-    printf("  100000 ascending ids: %.2f bytes an id\n", (double)s->lbytes / 100000);
+    CHECK(!bad && ls_count(root) == n + KVIDX_LS_LEAF);
+    x = 0;
+    CHECK(tree_check(root, &prev, &first, &x) >= 0 && x == n + KVIDX_LS_LEAF); /* ascending, counts exact */
+    per = (double)s->lbytes / (double)(n + KVIDX_LS_LEAF);
     ls_tree_free(s, root);
     CHECK(s->lbytes == 0);
     bare_free(s);
+    free(perm);
+    return per;
+}
+
+/* Single adds keep leaves well filled whatever the order: ascending
+ * arrivals fill them (7-byte gaps over 128 ids span < 65536: 2 bytes an
+ * id, plus a header and an inner cell per leaf); descending, two-ended
+ * and random arrivals split full leaves in halves (a leaf is at least
+ * half full), never leave a trail of one-id leaves. */
+static void test_fill_orders(void) {
+    static const char *name[] = {"ascending", "descending", "both ends", "random"};
+    int order;
+    for (order = 0; order < 4; order++) {
+        double per = fill(order);
+        printf("  100000 ids, %s: %.2f bytes an id\n", name[order], per);
+        CHECK(per < (order == 0 ? 3.0 : 5.0));
+    }
 }
 
 static int fail_kind, fail_after_n;
@@ -524,14 +558,205 @@ static void test_auto_snapshot(void) {
     t_rmrf(dir);
 }
 
+static int renames, rename_fails;
+static int fail_rename(os_op op, const char *what) {
+    (void)what;
+    if (op != OS_RENAME) return 0;
+    renames++;
+    return rename_fails ? ENOSPC : 0;
+}
+
+/* A snapshot that cannot be written (the rename fails: ENOSPC) loses
+ * nothing and stops nothing: the open that wanted one succeeds, the
+ * writes that wanted one succeed and try again only after the log has
+ * grown by LS_SNAP_RETRY, not at every write; once renames work again
+ * the next try folds the log. */
+static void test_snapshot_failures(void) {
+    const char *dir = t_dir("ls_snapfail");
+    kvidx_options o = opts(1);
+    kvidx *db;
+    model m = {0, 0, 0};
+    uint64_t i, writes = 0;
+    kvidx_stats st;
+    t_rmrf(dir);
+    REQUIRE(kvidx_open(dir, &o, &db) == KVIDX_OK);
+    for (i = 0; i < 600; i++) { /* ~8 KiB of log: past KVIDX_LS_SNAP_MIN, under _AUTO */
+        uint64_t x = t_rand();
+        m_add(&m, x);
+        REQUIRE(kvidx_list_add(db, 3, &x, 1, NULL) == KVIDX_OK);
+    }
+    os_fault_hook = fail_rename, rename_fails = 1, renames = 0;
+    CHECK_RC(kvidx_close(db), KVIDX_OK); /* its snapshot fails: logged */
+    CHECK(renames == 1);
+    CHECK(fsize(dir, "s0000.1.ls") < 0 && fsize(dir, "s0000.1.ls.tmp") < 0);
+    renames = 0;
+    REQUIRE(kvidx_open(dir, &o, &db) == KVIDX_OK); /* so does the open's */
+    CHECK(renames == 1);
+    CHECK(list_is(db, 3, &m));
+    renames = 0;
+    while (db->sh[0].lpos < 4 * KVIDX_LS_SNAP_AUTO) {
+        uint64_t x = t_rand();
+        m_add(&m, x);
+        REQUIRE(kvidx_list_add(db, 3, &x, 1, NULL) == KVIDX_OK);
+        writes++;
+    }
+    /* tries: at 64 KiB, then every 16 KiB of log */
+    CHECK(renames >= 3 && renames <= (int)(3 * KVIDX_LS_SNAP_AUTO / LS_SNAP_RETRY) + 1);
+    CHECK(writes > 1000);
+    CHECK(list_is(db, 3, &m));
+    rename_fails = 0;
+    for (i = 0; i < 2000 && db->sh[0].lpos > LS_LOG_HDR; i++) {
+        uint64_t x = t_rand();
+        m_add(&m, x);
+        REQUIRE(kvidx_list_add(db, 3, &x, 1, NULL) == KVIDX_OK);
+    }
+    os_fault_hook = NULL;
+    st.size = sizeof st;
+    REQUIRE(kvidx_stat(db, &st) == KVIDX_OK);
+    CHECK(st.list_snapshot_bytes > 0);
+    CHECK(db->sh[0].lpos < 2 * LS_SNAP_RETRY);
+    REQUIRE(kvidx_close(db) == KVIDX_OK);
+    REQUIRE(kvidx_open(dir, &o, &db) == KVIDX_OK);
+    CHECK(list_is(db, 3, &m));
+    CHECK_RC(kvidx_close(db), KVIDX_OK);
+    free(m.a);
+    t_rmrf(dir);
+}
+
+/* Makes the shards of dir look written by kvidx 0.1.x: no list logs, and
+ * the list part of both state copies (bytes 64..127) zero. */
+static int as_v01(const char *dir, unsigned shards) {
+    unsigned i;
+    uint8_t zero[VS_STATE_BYTES - 64];
+    memset(zero, 0, sizeof zero);
+    for (i = 0; i < shards; i++) {
+        char f[32];
+        int fd;
+        snprintf(f, sizeof f, "s%04u.1.l", i);
+        if (unlink(path(dir, f))) return -1;
+        snprintf(f, sizeof f, "s%04u.1.b", i);
+        fd = open(path(dir, f), O_RDWR);
+        if (fd < 0) return -1;
+        if (pwrite(fd, zero, sizeof zero, 64) != (ssize_t)sizeof zero ||
+            pwrite(fd, zero, sizeof zero, VS_STATE_SLOT + 64) != (ssize_t)sizeof zero) {
+            close(fd);
+            return -1;
+        }
+        close(fd);
+    }
+    return 0;
+}
+
+/* A database of kvidx 0.1.x (values only: no list logs, a state without
+ * its list part) opens: read-only it has no lists; read-write it gains
+ * empty list logs, takes lists, and reopens as a 0.2 database. A shard
+ * of 0.2 whose list log is missing is still KVIDX_ECORRUPT. */
+static void test_upgrade_v01(void) {
+    const char *dir = t_dir("ls_upgrade");
+    kvidx_options o = opts(4), ro = opts(4);
+    kvidx *db;
+    uint64_t k, ids[3] = {5, 1, 3}, c = 0;
+    char v[16];
+    size_t n;
+    unsigned bad = 0;
+    ro.flags |= KVIDX_RDONLY;
+    t_rmrf(dir);
+    REQUIRE(kvidx_open(dir, &o, &db) == KVIDX_OK);
+    for (k = 0; k < 1000; k++) REQUIRE(kvidx_put(db, k, &k, sizeof k) == KVIDX_OK);
+    REQUIRE(kvidx_close(db) == KVIDX_OK);
+    REQUIRE(as_v01(dir, 4) == 0);
+    REQUIRE(kvidx_open(dir, &ro, &db) == KVIDX_OK);
+    for (k = 0; k < 1000; k++)
+        bad += kvidx_get(db, k, v, sizeof v, &n) != KVIDX_OK || n != 8 || memcmp(v, &k, 8);
+    CHECK_RC(kvidx_list_count(db, 7, &c), KVIDX_NOTFOUND);
+    CHECK_RC(kvidx_list_add(db, 7, ids, 3, NULL), KVIDX_ERDONLY);
+    CHECK_RC(kvidx_close(db), KVIDX_OK);
+    CHECK(fsize(dir, "s0000.1.l") < 0); /* read-only wrote nothing */
+    REQUIRE(kvidx_open(dir, &o, &db) == KVIDX_OK);
+    CHECK(fsize(dir, "s0000.1.l") == LS_LOG_HDR);
+    for (k = 0; k < 1000; k++)
+        bad += kvidx_get(db, k, v, sizeof v, &n) != KVIDX_OK || n != 8 || memcmp(v, &k, 8);
+    CHECK_RC(kvidx_list_add(db, 7, ids, 3, NULL), KVIDX_OK);
+    CHECK_RC(kvidx_close(db), KVIDX_OK);
+    REQUIRE(kvidx_open(dir, &ro, &db) == KVIDX_OK);
+    CHECK(kvidx_list_count(db, 7, &c) == KVIDX_OK && c == 3);
+    for (k = 0; k < 1000; k++)
+        bad += kvidx_get(db, k, v, sizeof v, &n) != KVIDX_OK || n != 8 || memcmp(v, &k, 8);
+    CHECK_RC(kvidx_close(db), KVIDX_OK);
+    CHECK(bad == 0);
+    /* Now a 0.2 database: a missing list log is damage. */
+    REQUIRE(unlink(path(dir, "s0001.1.l")) == 0);
+    CHECK_RC(kvidx_open(dir, &o, &db), KVIDX_ECORRUPT);
+    CHECK_RC(kvidx_open(dir, &ro, &db), KVIDX_ECORRUPT);
+    t_rmrf(dir);
+}
+
+/* Renames file a of dir to b. */
+static int mv(const char *dir, const char *a, const char *b) {
+    char pa[4200];
+    snprintf(pa, sizeof pa, "%s/%s", dir, a);
+    return rename(pa, path(dir, b));
+}
+
+/* A list log record that is whole (its checksum holds) but carries a key
+ * of another shard is damage: KVIDX_ECORRUPT, not a list in the wrong
+ * shard. Made by swapping the logs of two shards (one record each, of
+ * the same size) and giving each its new shard's header. */
+static int swap_logs(const char *dir) {
+    uint8_t h[LS_LOG_HDR];
+    uint32_t i;
+    if (mv(dir, "s0000.1.l", "s0000.1.l.keep") || mv(dir, "s0001.1.l", "s0000.1.l") ||
+        mv(dir, "s0000.1.l.keep", "s0001.1.l"))
+        return -1;
+    for (i = 0; i < 2; i++) {
+        char f[16];
+        int fd, ok;
+        snprintf(f, sizeof f, "s%04u.1.l", (unsigned)i);
+        memset(h, 0, sizeof h);
+        vs_fhdr_encode(h, LS_MAGIC_L, i, 2, 1);
+        vs_hdr_seal(h);
+        fd = open(path(dir, f), O_WRONLY);
+        ok = fd >= 0 && pwrite(fd, h, sizeof h, 0) == (ssize_t)sizeof h;
+        if (fd >= 0) close(fd);
+        if (!ok) return -1;
+    }
+    return 0;
+}
+
+static void test_foreign_keys(void) {
+    const char *dir = t_dir("ls_foreign");
+    kvidx_options o = opts(2);
+    kvidx *db;
+    uint64_t k[2], x = 77, c;
+    t_rmrf(dir);
+    REQUIRE(kvidx_open(dir, &o, &db) == KVIDX_OK);
+    for (k[0] = 0; (ck_key(k[0]) & 1) != 0; k[0]++) {}
+    for (k[1] = 0; (ck_key(k[1]) & 1) != 1; k[1]++) {}
+    REQUIRE(kvidx_list_add(db, k[0], &x, 1, NULL) == KVIDX_OK); /* shard 0 */
+    REQUIRE(kvidx_list_add(db, k[1], &x, 1, NULL) == KVIDX_OK); /* shard 1 */
+    REQUIRE(kvidx_close(db) == KVIDX_OK);
+    REQUIRE(fsize(dir, "s0000.1.l") > LS_LOG_HDR && fsize(dir, "s0000.1.l") == fsize(dir, "s0001.1.l"));
+    REQUIRE(swap_logs(dir) == 0);
+    CHECK_RC(kvidx_open(dir, &o, &db), KVIDX_ECORRUPT);
+    REQUIRE(swap_logs(dir) == 0);
+    REQUIRE(kvidx_open(dir, &o, &db) == KVIDX_OK); /* put back: whole again */
+    CHECK(kvidx_list_count(db, k[0], &c) == KVIDX_OK && c == 1);
+    CHECK(kvidx_list_count(db, k[1], &c) == KVIDX_OK && c == 1);
+    CHECK_RC(kvidx_close(db), KVIDX_OK);
+    t_rmrf(dir);
+}
+
 int main(void) {
     t_init("test_lists_wb");
     T_RUN(test_varint);
     T_RUN(test_tree_edits);
-    T_RUN(test_ascending_fill);
+    T_RUN(test_fill_orders);
     T_RUN(test_alloc_failures);
     T_RUN(test_damage);
     T_RUN(test_snapshot_window);
     T_RUN(test_auto_snapshot);
+    T_RUN(test_snapshot_failures);
+    T_RUN(test_upgrade_v01);
+    T_RUN(test_foreign_keys);
     return t_done();
 }
