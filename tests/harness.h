@@ -14,6 +14,7 @@
 #ifndef KVIDX_HARNESS_H
 #define KVIDX_HARNESS_H
 
+#include <errno.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdint.h>
@@ -130,6 +131,36 @@ static inline void t_init(const char *prog) {
 static inline int t_done(void) {
     printf("%s: %d passed, %d failed\n", t_prog, t_cases_passed, t_cases_failed);
     return t_cases_failed ? 1 : 0;
+}
+
+/* The child process of a crash test, if any: the watchdog kills it
+ * (t_on_timeout = t_kill_child) so that no child outlives the test. */
+static volatile pid_t t_child;
+static inline void t_kill_child(void) {
+    if (t_child > 0) kill(t_child, SIGKILL);
+}
+
+/* Milliseconds on the monotonic clock. */
+static inline uint64_t t_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Sleeps ms milliseconds, signals or not. */
+static inline void t_sleep_ms(unsigned ms) {
+    struct timespec ts;
+    ts.tv_sec = ms / 1000;
+    ts.tv_nsec = (long)(ms % 1000) * 1000000L;
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+/* kvidx_stat into a zeroed *st of this build's size. */
+static inline int t_stat(kvidx *db, kvidx_stats *st) {
+    memset(st, 0, sizeof *st);
+    st->size = (uint32_t)sizeof *st;
+    return kvidx_stat(db, st);
 }
 
 /* Removes path and everything under it (best effort, no symlink following

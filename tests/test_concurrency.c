@@ -167,12 +167,6 @@ static kvidx *xopen(const char *dir, uint32_t shards) {
     return db;
 }
 
-static int xstat(kvidx *db, kvidx_stats *st) {
-    memset(st, 0, sizeof *st);
-    st->size = (uint32_t)sizeof *st;
-    return kvidx_stat(db, st);
-}
-
 static int xcreate(pthread_t *t, void *(*fn)(void *), void *arg) {
     int rc = pthread_create(t, NULL, fn, arg);
     if (rc) tfail("pthread_create: %d", rc);
@@ -536,7 +530,7 @@ static void stress_verify_quiet(stress *st, kvidx *db) {
         if (!has_ver(db, k, (a & 1) ? 0 : a >> 1)) bad++;
     }
     CHECK(bad == 0);
-    CHECK_RC(xstat(db, &s), KVIDX_OK);
+    CHECK_RC(t_stat(db, &s), KVIDX_OK);
     if (bad == 0) CHECK(s.keys == live);
 }
 
@@ -568,7 +562,7 @@ static void stress_case(uint32_t shards, uint64_t nkeys, double pace, double sec
     t0 = now_s();
     stress_run(&st, pace, secs, puts_total / g_scale / NWRITERS);
     t0 = now_s() - t0;
-    CHECK_RC(xstat(db, &s), KVIDX_OK);
+    CHECK_RC(t_stat(db, &s), KVIDX_OK);
     printf("  shards %u: %" PRIu64 " puts first, then %.2f s%s: %" PRIu64 " puts, %" PRIu64
            " deletes, %" PRIu64 " gets (%" PRIu64 " hits), %" PRIu64 " scans (%" PRIu64
            " keys); %" PRIu64 " flushes, %" PRIu64 " cold puts\n", shards, prefill, t0,
@@ -1180,7 +1174,7 @@ static void test_many_threads_many_handles(void) {
         t4_verify_all(db, &a[i]);
         for (k = 0; k < T4_K; k++) live += ms[i].present[k];
     }
-    CHECK_RC(xstat(db, &st), KVIDX_OK);
+    CHECK_RC(t_stat(db, &st), KVIDX_OK);
     CHECK(st.keys == live);
     /* new keys, none of them slot 0's (the scan below checks slot 0's) */
     for (k = 0; k < 1000; k++) CHECK_RC(put_ver(db, (1ull << 33) + 8 * k + 1, k + 1), KVIDX_OK);
@@ -1234,7 +1228,7 @@ static void test_close_after_threads(void) {
         return;
     }
     stress_run(&st, 0.6, 1.2, 60000 / g_scale / NWRITERS);
-    CHECK_RC(xstat(db, &s), KVIDX_OK);
+    CHECK_RC(t_stat(db, &s), KVIDX_OK);
     flushes = s.flushes;
     printf("  %" PRIu64 " puts first, then %" PRIu64 " puts, %" PRIu64 " deletes, %" PRIu64
            " gets, %" PRIu64 " scans, %" PRIu64 " flushes; then close\n", prefill, st.puts,
@@ -1252,7 +1246,7 @@ static void test_close_after_threads(void) {
         bad += !has_ver(db, k, (a & 1) ? 0 : a >> 1);
     }
     CHECK(bad == 0);
-    CHECK_RC(xstat(db, &s), KVIDX_OK);
+    CHECK_RC(t_stat(db, &s), KVIDX_OK);
     CHECK(s.shards == 2);
     CHECK(s.slots == prefill + st.puts);
     st.db = db;

@@ -41,7 +41,6 @@
 #define STALL_MS 20000      /* no message for this long: the child hangs */
 
 static uint64_t g_scale = 1;
-static volatile pid_t g_child = 0;
 
 /* ---- messages child -> parent ------------------------------------------- */
 
@@ -164,17 +163,6 @@ static void child_main(const char *dir, int fd, kstate *st, uint64_t rng) {
 }
 
 /* ---- the parent ---------------------------------------------------------- */
-
-/* On a watchdog timeout: no child may outlive the test. */
-static void kill_child(void) {
-    if (g_child > 0) kill(g_child, SIGKILL);
-}
-
-static uint64_t now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 typedef struct {
     kstate st[NKEYS];
@@ -391,7 +379,7 @@ static int run_writer(const char *dir, parent_state *ps, int round) {
     if (pipe(p) != 0) { perror("pipe"); return 1; }
     by_time = (int)t_below(2);
     target = t_below(MAX_ACKS / g_scale + 1);
-    start = now_ms();
+    start = t_now_ms();
     deadline = start + (by_time ? t_below(MAX_DELAY_MS / g_scale + 1) : ROUND_CAP_MS);
     fflush(stdout);
     fflush(stderr);
@@ -410,14 +398,14 @@ static int run_writer(const char *dir, parent_state *ps, int round) {
             _exit(6);
         }
     }
-    g_child = pid;
+    t_child = pid;
     close(p[1]);
     ps->acks = 0;
     last_msg = start;
 
     /* Read until the kill condition. */
     for (;;) {
-        uint64_t now = now_ms();
+        uint64_t now = t_now_ms();
         struct pollfd pfd;
         int pr;
         if (now >= deadline) break; /* by time, or the cap of an ack round */
@@ -444,7 +432,7 @@ static int run_writer(const char *dir, parent_state *ps, int round) {
             if (r == 0) { eof = 1; break; } /* the child died on its own */
             if (r > 0) {
                 have += (size_t)r;
-                last_msg = now_ms();
+                last_msg = t_now_ms();
                 feed(ps, buf, &have, round);
             }
         }
@@ -453,7 +441,7 @@ static int run_writer(const char *dir, parent_state *ps, int round) {
     while (waitpid(pid, &status, 0) < 0) {
         if (errno != EINTR) { perror("waitpid"); fail = 1; break; }
     }
-    g_child = 0;
+    t_child = 0;
     if (by_time) ps->kills_by_time++;
 
     /* Drain: everything the child wrote before it died counts. */
@@ -549,7 +537,7 @@ static void test_crash_rounds(void) {
 int main(void) {
     const char *s = getenv("KVIDX_TEST_SCALE");
     if (s && strtoull(s, NULL, 10) > 1) g_scale = strtoull(s, NULL, 10);
-    t_on_timeout = kill_child;
+    t_on_timeout = t_kill_child;
     t_watchdog("test_crash_rounds", 1200);
     t_init("test_crash");
     T_RUN(test_crash_rounds);

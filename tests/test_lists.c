@@ -48,7 +48,6 @@
 #define PAGE_MAX 4096
 
 static uint64_t g_scale = 1;
-static volatile pid_t g_child = 0;
 
 /* Sanitizer builds run about 3x (ASan) to 15x (TSan) slower: they do
  * less work so that the whole program stays at a few seconds. */
@@ -66,25 +65,6 @@ static volatile pid_t g_child = 0;
 #ifndef SAN_SLOW
 #define SAN_SLOW 1
 #endif
-
-/* On a watchdog timeout: no child may outlive the test. */
-static void kill_child(void) {
-    if (g_child > 0) kill(g_child, SIGKILL);
-}
-
-static uint64_t now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static void sleep_ms(unsigned ms) {
-    struct timespec ts;
-    ts.tv_sec = ms / 1000;
-    ts.tv_nsec = (long)(ms % 1000) * 1000000L;
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
 
 static void *xmalloc(size_t n) {
     void *p = malloc(n ? n : 1);
@@ -127,12 +107,6 @@ static kvidx *xopen(const char *dir, uint32_t shards, uint32_t flags, uint32_t s
         return NULL;
     }
     return db;
-}
-
-static int xstat(kvidx *db, kvidx_stats *st) {
-    memset(st, 0, sizeof *st);
-    st->size = (uint32_t)sizeof *st;
-    return kvidx_stat(db, st);
 }
 
 /* ---- the reference model: a sorted, distinct array of ids per list ---- */
@@ -487,7 +461,7 @@ static int verify_all(kvidx *db, const lset *s, const char *ctx) {
         if (b < a) { uint64_t x = a; a = b; b = x; }
         bad += check_scan(db, s, a, b, ctx);
     }
-    rc = xstat(db, &st);
+    rc = t_stat(db, &st);
     if (rc != KVIDX_OK || st.lists != lists || st.list_ids != ids) {
         lfail("%s: stat rc %d lists %" PRIu64 " list_ids %" PRIu64 ", model %" PRIu64 " / %" PRIu64,
               ctx, rc, st.lists, st.list_ids, lists, ids);
@@ -937,14 +911,14 @@ static void test_list_stats(void) {
     snprintf(dir, sizeof dir, "%s", t_dir("lists_stats"));
     db = xopen(dir, 2, KVIDX_CREATE, 1000);
     REQUIRE(db);
-    CHECK_RC(xstat(db, &st), KVIDX_OK);
+    CHECK_RC(t_stat(db, &st), KVIDX_OK);
     CHECK(st.lists == 0 && st.list_ids == 0 && st.list_writes == 0);
     for (i = 0; i < 64; i++) ids[i] = 3 * i + 1;
     for (k = 1; k <= 10; k++) {
         CHECK_RC(kvidx_list_add(db, k, ids, (size_t)k * 5, &added), KVIDX_OK);
         sum += k * 5;
     }
-    CHECK_RC(xstat(db, &st), KVIDX_OK);
+    CHECK_RC(t_stat(db, &st), KVIDX_OK);
     CHECK(st.lists == 10 && st.list_ids == sum);
     CHECK(st.list_writes == 10);
     CHECK(st.keys == 0); /* lists are not values */
@@ -957,7 +931,7 @@ static void test_list_stats(void) {
     CHECK(removed == 0);
     CHECK_RC(kvidx_list_delete(db, 99), KVIDX_NOTFOUND);
     CHECK_RC(kvidx_list_remove(db, 99, ids, 1, &removed), KVIDX_NOTFOUND);
-    CHECK_RC(xstat(db, &st), KVIDX_OK);
+    CHECK_RC(t_stat(db, &st), KVIDX_OK);
     CHECK(st.list_writes == w0);
     /* changes */
     CHECK_RC(kvidx_list_remove(db, 1, ids, 5, &removed), KVIDX_OK); /* list 1 goes */
@@ -965,13 +939,13 @@ static void test_list_stats(void) {
     CHECK_RC(kvidx_list_delete(db, 2), KVIDX_OK);
     CHECK_RC(kvidx_list_remove(db, 3, ids, 1, &removed), KVIDX_OK);
     sum -= 5 + 10 + 1;
-    CHECK_RC(xstat(db, &st), KVIDX_OK);
+    CHECK_RC(t_stat(db, &st), KVIDX_OK);
     CHECK(st.lists == 8 && st.list_ids == sum);
     CHECK(st.list_writes == w0 + 3);
     CHECK_RC(kvidx_close(db), KVIDX_OK);
     db = xopen(dir, 0, KVIDX_CREATE, 1000);
     REQUIRE(db);
-    CHECK_RC(xstat(db, &st), KVIDX_OK);
+    CHECK_RC(t_stat(db, &st), KVIDX_OK);
     CHECK(st.lists == 8 && st.list_ids == sum);
     CHECK(st.list_writes == 0);
     CHECK(st.list_log_bytes + st.list_snapshot_bytes > 0);
@@ -1055,7 +1029,7 @@ static void model_run(const char *name, uint32_t shards, uint64_t ops) {
     lset s;
     kvidx *db;
     uint64_t *ids = xmalloc(8192 * sizeof *ids), cursor[M_BIG], op, nreopen = 0;
-    uint64_t counts[8] = {0}, t0 = now_ms();
+    uint64_t counts[8] = {0}, t0 = t_now_ms();
     uint64_t reopen_at[3];
     size_t nk = M_SMALL + M_BIG, b;
     int stop = 0;
@@ -1197,7 +1171,7 @@ static void model_run(const char *name, uint32_t shards, uint64_t ops) {
                 if (lo > hi) { uint64_t x = lo; lo = hi; hi = x; }
                 if (check_scan(db, &s, lo, hi, ctx)) stop = 1;
                 for (k = 0; k < nk; k++) lists += s.lists[k].n > 0, nids += s.lists[k].n;
-                CHECK_RC(xstat(db, &st), KVIDX_OK);
+                CHECK_RC(t_stat(db, &st), KVIDX_OK);
                 if (st.lists != lists || st.list_ids != nids) {
                     lfail("%s: stat lists %" PRIu64 " ids %" PRIu64 ", model %" PRIu64
                           " / %" PRIu64, ctx, st.lists, st.list_ids, lists, nids);
@@ -1221,7 +1195,7 @@ static void model_run(const char *name, uint32_t shards, uint64_t ops) {
             }
             db = xopen(dir, nreopen == 0 ? other : 0, KVIDX_CREATE, 1000);
             if (!db) break;
-            CHECK_RC(xstat(db, &st), KVIDX_OK);
+            CHECK_RC(t_stat(db, &st), KVIDX_OK);
             CHECK(st.shards == shards);
             CHECK(st.list_writes == 0);
             if (verify_all(db, &s, ctx)) stop = 1;
@@ -1235,7 +1209,7 @@ static void model_run(const char *name, uint32_t shards, uint64_t ops) {
                "), big lists %zu %zu %zu %zu ids, %" PRIu64 " ms\n", shards, op, counts[OP_PUT],
                counts[OP_ADD], counts[OP_REMOVE], counts[OP_DELETE], counts[5], counts[6],
                counts[7], s.lists[M_SMALL].n, s.lists[M_SMALL + 1].n, s.lists[M_SMALL + 2].n,
-               s.lists[M_SMALL + 3].n, now_ms() - t0);
+               s.lists[M_SMALL + 3].n, t_now_ms() - t0);
     }
     if (db && !stop) { /* the end: close, reopen, everything */
         CHECK_RC(kvidx_close(db), KVIDX_OK);
@@ -1400,25 +1374,25 @@ static int run_child(const char *dir, const lset *s, journal *j, const childcfg 
         child_main(dir, s, j, cfg);
         _exit(6);
     }
-    g_child = pid;
-    start = now_ms();
+    t_child = pid;
+    start = t_now_ms();
     if (kill_ms >= 0) {
-        sleep_ms((unsigned)kill_ms);
+        t_sleep_ms((unsigned)kill_ms);
     } else {
         /* wait for the open (generous: sanitizers are slow) */
         while (!__atomic_load_n(&j->ready, __ATOMIC_SEQ_CST) &&
-               !__atomic_load_n(&j->done, __ATOMIC_SEQ_CST) && now_ms() - start < 60000)
-            sleep_ms(1);
+               !__atomic_load_n(&j->done, __ATOMIC_SEQ_CST) && t_now_ms() - start < 60000)
+            t_sleep_ms(1);
         if (cfg->max_ops != UINT64_MAX) {
-            while (!__atomic_load_n(&j->done, __ATOMIC_SEQ_CST) && now_ms() - start < 120000)
-                sleep_ms(1);
+            while (!__atomic_load_n(&j->done, __ATOMIC_SEQ_CST) && t_now_ms() - start < 120000)
+                t_sleep_ms(1);
         } else if (t_below(2)) { /* by time */
-            sleep_ms((unsigned)t_below(120 / g_scale / SAN_SLOW + 1));
+            t_sleep_ms((unsigned)t_below(120 / g_scale / SAN_SLOW + 1));
         } else { /* by acks, within a time cap */
             target = t_below(20000 / g_scale / SAN_SLOW + 1);
-            deadline = now_ms() + 300;
+            deadline = t_now_ms() + 300;
             while (__atomic_load_n(&j->acked, __ATOMIC_SEQ_CST) < target &&
-                   !__atomic_load_n(&j->done, __ATOMIC_SEQ_CST) && now_ms() < deadline) {
+                   !__atomic_load_n(&j->done, __ATOMIC_SEQ_CST) && t_now_ms() < deadline) {
                 struct timespec ts = {0, 200000};
                 nanosleep(&ts, NULL);
             }
@@ -1431,7 +1405,7 @@ static int run_child(const char *dir, const lset *s, journal *j, const childcfg 
             fail = 1;
             break;
         }
-    g_child = 0;
+    t_child = 0;
     if (!(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)) {
         if (j->done == 2)
             lfail("child: %s #%" PRIu64 " returned %d (%s)",
@@ -1505,7 +1479,7 @@ static int crash_verify(const char *dir, lset *s, const journal *j, int rdonly, 
         if (bad > 5) break;
     }
     bad += verify_all(db, s, ctx);
-    CHECK_RC(xstat(db, &st), KVIDX_OK);
+    CHECK_RC(t_stat(db, &st), KVIDX_OK);
     CHECK(st.shards == shards);
     CHECK_RC(kvidx_close(db), KVIDX_OK);
     return bad;
@@ -1518,7 +1492,7 @@ static void test_list_crash(void) {
     kvidx *db;
     childcfg cfg;
     int round, applied;
-    uint64_t acks = 0, inflight_applied = 0, inflight_dropped = 0, t0 = now_ms();
+    uint64_t acks = 0, inflight_applied = 0, inflight_dropped = 0, t0 = t_now_ms();
     t_watchdog("test_list_crash", 120);
     g_lines = 0;
     REQUIRE(j);
@@ -1556,7 +1530,7 @@ static void test_list_crash(void) {
     }
     printf("  %d rounds, %" PRIu64 " acknowledged list writes, in flight applied %" PRIu64
            " / dropped %" PRIu64 ", %" PRIu64 " ms\n", round > CR_ROUNDS ? CR_ROUNDS : round, acks,
-           inflight_applied, inflight_dropped, now_ms() - t0);
+           inflight_applied, inflight_dropped, t_now_ms() - t0);
     CHECK(acks > 0);
     /* a clean writer at the end takes new writes that survive */
     if (round > CR_ROUNDS && (db = xopen(dir, 0, KVIDX_CREATE, 1000))) {
@@ -1835,7 +1809,7 @@ static void test_list_snapshot_tmp(void) {
     }
     {
         kvidx_stats st;
-        CHECK_RC(xstat(db, &st), KVIDX_OK);
+        CHECK_RC(t_stat(db, &st), KVIDX_OK);
         printf("  list log %" PRIu64 " bytes before the close\n", st.list_log_bytes);
     }
     CHECK_RC(kvidx_close(db), KVIDX_OK);
@@ -1983,14 +1957,14 @@ static void *cc_reader(void *p) {
 static void *cc_writer(void *p) {
     ccarg *a = p;
     uint64_t ids[64], *all = malloc(CC_TOP * sizeof *all);
-    uint64_t deadline = now_ms() + (uint64_t)(a->secs * 1000);
+    uint64_t deadline = t_now_ms() + (uint64_t)(a->secs * 1000);
     size_t n, i, k, want, got;
     int rc;
     if (!all) {
         ccfail("writer: out of memory");
         return NULL;
     }
-    while (now_ms() < deadline) {
+    while (t_now_ms() < deadline) {
         uint64_t r = cc_rand(a) % 1000;
         n = 1 + (size_t)(cc_rand(a) % (r < 10 ? 64 : 16));
         for (i = 0; i < n; i++) { /* churn ids: 3k+1 and 3k+2 only */
@@ -2070,7 +2044,7 @@ static void test_list_concurrent_pages(void) {
     for (i = 0; i < CC_TOP; i++)
         if (i % 3 == 0 || t_below(2)) present[i] = 1, all[k++] = i;
     CHECK_RC(kvidx_list_put(db, CC_KEY, all, (size_t)k), KVIDX_OK);
-    t0 = now_ms();
+    t0 = t_now_ms();
     for (r = 0; r <= CC_READERS; r++) {
         memset(&args[r], 0, sizeof args[r]);
         args[r].db = db;
@@ -2090,7 +2064,7 @@ static void test_list_concurrent_pages(void) {
             CHECK(args[r].passes >= 1);
         }
     printf("  writer %" PRIu64 " ops; %d readers: %" PRIu64 " full passes, %" PRIu64 " pages; %"
-           PRIu64 " ms\n", args[0].ops, CC_READERS, passes, pages, now_ms() - t0);
+           PRIu64 " ms\n", args[0].ops, CC_READERS, passes, pages, t_now_ms() - t0);
     CHECK(__atomic_load_n(&g_cc_fails, __ATOMIC_SEQ_CST) == 0);
     CHECK(args[0].ops > 0);
     /* afterwards the list is exactly the writer's view */
@@ -2113,7 +2087,7 @@ int main(void) {
     const char *o = getenv("KVIDX_LIST_OPS");
     if (s && strtoull(s, NULL, 10) > 1) g_scale = strtoull(s, NULL, 10);
     g_model_ops = o && *o ? strtoull(o, NULL, 10) : 200000 / g_scale / SAN_SLOW;
-    t_on_timeout = kill_child;
+    t_on_timeout = t_kill_child;
     t_init("test_lists");
     T_RUN(test_list_api);
     T_RUN(test_list_multileaf);
