@@ -1149,12 +1149,10 @@ typedef struct lr_slot {
 typedef struct lr_ctl {
     uint32_t side;   /* the map readers use */
     uint32_t vi;     /* the half of ind readers arrive on */
-    uint64_t bsec;   /* the value section the shard's buffer holds (vs_):
-                        readers need it in the same read section */
 #ifdef KVIDX_BENCH_RWLOCK
     pthread_rwlock_t rw; /* benchmark build: a rwlock instead of Left-Right */
 #endif
-    uint8_t pad[48];
+    uint8_t pad[56];
     lr_slot ind[2][KVIDX_LR_STRIPES];
 } lr_ctl;
 
@@ -1417,9 +1415,23 @@ static const char LS_MAGIC_S[8] = {'K', 'V', 'I', 'D', 'X', 'S', 'N', 'P'};
 #define LS_LOG_HDR 64u  /* the list log's header */
 #define LS_SNAP_HDR 64u /* the snapshot's header */
 
+/* Where a shard's values live: what a reader needs to turn a slot into
+ * an address. Compaction makes a new store (new files, new slots); each
+ * map side points to the store its slots refer to (vs_shard.rs), so a
+ * reader always pairs an entry with the files it came from. */
+typedef struct vs_store {
+    uint8_t *bmap;   /* the whole buffer file: header page + section */
+    uint8_t **vmap;  /* VS_VMAP_CHUNKS read-only mappings of the value log */
+    uint64_t bsec;   /* the section the buffer holds; all below are in the
+                        value log. Readers load it inside their read section */
+} vs_store;
+
 typedef struct vs_shard {
     pthread_mutex_t mu;    /* serializes the shard's writers; readers never take it */
-    lr_ctl *lr;            /* Left-Right control; also holds bsec for readers */
+    pthread_mutex_t smu;   /* one sync (or compaction) of the shard at a time; before mu */
+    uint64_t wseq;         /* writes so far: key records and list records appended */
+    uint64_t dseq;         /* wseq covered by the last completed sync */
+    lr_ctl *lr;            /* Left-Right control */
     lr_map map[2];         /* the two maps: readers use map[lr->side] */
     uint32_t id, gen;
     int kfd, vfd, bfd;
@@ -1428,13 +1440,13 @@ typedef struct vs_shard {
     uint64_t ksec;         /* its index; UINT64_MAX: none mapped */
     uint64_t kpos;         /* records in the key log = position of the next */
     uint64_t kalloc;       /* record bytes the key log has reserved on disk */
-    uint8_t *bmap;         /* the whole buffer file: header page + section */
+    vs_store *vs;          /* the current store (the writer's) */
+    vs_store *rs[2];       /* the store map[i]'s slots refer to; == vs between compactions */
     uint64_t balloc;       /* buffer bytes reserved on disk (kept across flushes) */
     uint64_t next_slot;    /* the next value slot */
     vs_state st;           /* current state (the copy at hslot) */
     unsigned hslot;        /* 0 or 1 */
     unsigned st_dirty;     /* st was written without a sync since */
-    uint8_t **vmap;        /* VS_VMAP_CHUNKS read-only mappings of the value log */
     uint64_t live_slots;   /* slots live keys point to */
     uint64_t value_bytes;  /* sum of live value lengths */
     uint64_t durable;      /* kpos covered by the last completed sync */
@@ -1589,8 +1601,8 @@ static int vs_state_decode(const uint8_t *p, const vs_shard *s, uint32_t shards,
 /* Loads the newer valid copy of the state. */
 static int vs_state_load(vs_shard *s, uint32_t shards) {
     vs_state a, b;
-    int ra = vs_state_decode(s->bmap, s, shards, &a);
-    int rb = vs_state_decode(s->bmap + VS_STATE_SLOT, s, shards, &b);
+    int ra = vs_state_decode(s->vs->bmap, s, shards, &a);
+    int rb = vs_state_decode(s->vs->bmap + VS_STATE_SLOT, s, shards, &b);
     if (ra == KVIDX_OK && (rb != KVIDX_OK || a.seq >= b.seq)) s->st = a, s->hslot = 0;
     else if (rb == KVIDX_OK) s->st = b, s->hslot = 1;
     else return ra == KVIDX_EVERSION || rb == KVIDX_EVERSION ? KVIDX_EVERSION : KVIDX_ECORRUPT;
@@ -1600,7 +1612,7 @@ static int vs_state_load(vs_shard *s, uint32_t shards) {
 /* Writes s->st (with the next seq) over the older copy, so the newer one
  * stays intact if this write tears; durable: msync before returning. */
 static int vs_state_write(vs_shard *s, uint32_t shards, int durable) {
-    uint8_t *p = s->bmap + (s->hslot ? 0 : VS_STATE_SLOT);
+    uint8_t *p = s->vs->bmap + (s->hslot ? 0 : VS_STATE_SLOT);
     int r;
     s->st.seq++;
     vs_state_encode(p, s, shards, &s->st);
@@ -1663,22 +1675,41 @@ static int vs_create_shard(kvidx *db, uint32_t id, uint32_t gen) {
 /* Address of a value slot, given bsec, the section the buffer holds (a
  * reader loads it inside its read section): the buffer for that section,
  * else the read-only mapping of the value log. */
-static const uint8_t *vs_slot_ptr(const vs_shard *s, uint64_t bsec, uint32_t slot) {
+static const uint8_t *vs_slot_ptr(const vs_store *v, uint64_t bsec, uint32_t slot) {
     uint64_t sec = slot >> VS_SEC_SHIFT, in = (uint64_t)(slot & (VS_SEC_N - 1)) * VS_SLOT;
-    if (sec == bsec) return s->bmap + VS_PAGE + in;
-    return s->vmap[sec / VS_VMAP_SECS] + VS_PAGE + (sec % VS_VMAP_SECS) * VS_VSEC_BYTES + in;
+    if (sec == bsec) return v->bmap + VS_PAGE + in;
+    return v->vmap[sec / VS_VMAP_SECS] + VS_PAGE + (sec % VS_VMAP_SECS) * VS_VSEC_BYTES + in;
 }
 
 /* Maps the value-log chunk holding section sec if it is not mapped yet.
  * A chunk is mapped at its full size even where the file is shorter:
  * only slots of written sections are ever read, and the addresses of a
  * chunk never change while the handle lives. */
-static int vs_vmap_ensure(vs_shard *s, uint64_t sec) {
+static int vs_vmap_ensure(vs_store *v, int vfd, uint64_t sec) {
     uint64_t c = sec / VS_VMAP_SECS;
     int err = 0;
-    if (s->vmap[c]) return KVIDX_OK;
-    s->vmap[c] = os_mmap_huge(s->vfd, c * VS_VMAP_BYTES, VS_VMAP_MAP, &err);
-    return s->vmap[c] ? KVIDX_OK : os_rc(err);
+    if (v->vmap[c]) return KVIDX_OK;
+    v->vmap[c] = os_mmap_huge(vfd, c * VS_VMAP_BYTES, VS_VMAP_MAP, &err);
+    return v->vmap[c] ? KVIDX_OK : os_rc(err);
+}
+
+static vs_store *vs_store_new(void) {
+    vs_store *v = os_calloc(1, sizeof *v);
+    if (v && !(v->vmap = os_calloc(VS_VMAP_CHUNKS, sizeof *v->vmap))) {
+        os_free(v);
+        v = NULL;
+    }
+    return v;
+}
+
+/* Unmaps what store v maps and frees it. NULL is ignored. */
+static void vs_store_free(vs_store *v) {
+    uint32_t c;
+    if (!v) return;
+    os_munmap(v->bmap, VS_PAGE + VS_VSEC_BYTES);
+    for (c = 0; c < VS_VMAP_CHUNKS; c++) os_munmap(v->vmap[c], VS_VMAP_MAP);
+    os_free(v->vmap);
+    os_free(v);
 }
 
 /* Reserves disk blocks so that [0, need) of an area that has reserved
@@ -1699,10 +1730,10 @@ static int vs_reserve(int fd, uint64_t base, uint64_t *have, uint64_t need, uint
  * its new values can never be taken for the old section's after a power
  * cut), and gives the buffer's blocks back to the file system. */
 static int vs_flush(kvidx *db, vs_shard *s) {
-    uint64_t bsec = s->lr->bsec, off = VS_PAGE + bsec * VS_VSEC_BYTES;
-    int r = vs_vmap_ensure(s, bsec);
+    uint64_t bsec = s->vs->bsec, off = VS_PAGE + bsec * VS_VSEC_BYTES;
+    int r = vs_vmap_ensure(s->vs, s->vfd, bsec);
     if (r) return r;
-    r = os_pwrite(s->vfd, s->bmap + VS_PAGE, VS_VSEC_BYTES, off);
+    r = os_pwrite(s->vfd, s->vs->bmap + VS_PAGE, VS_VSEC_BYTES, off);
     if (r == -EINVAL && s->vdirect) {
         /* The file system accepted O_DIRECT at open but refuses this
          * write: fall back to buffered IO for good. */
@@ -1711,7 +1742,7 @@ static int vs_flush(kvidx *db, vs_shard *s) {
             s->vdirect = 0;
             db_log(db, "shard %u: O_DIRECT write refused, value log falls back to buffered IO",
                    (unsigned)s->id);
-            r = os_pwrite(s->vfd, s->bmap + VS_PAGE, VS_VSEC_BYTES, off);
+            r = os_pwrite(s->vfd, s->vs->bmap + VS_PAGE, VS_VSEC_BYTES, off);
         }
     }
     if (r) return vs_fail(s, os_rc(r)); /* nothing committed: the next try rewrites it all */
@@ -1723,7 +1754,7 @@ static int vs_flush(kvidx *db, vs_shard *s) {
      * store: pairs with the seq_cst load of bsec in a read section (see
      * lr_arrive); then wait until every reader that may still copy from
      * the buffer as section bsec has left, before it is overwritten. */
-    __atomic_store_n(&s->lr->bsec, bsec + 1, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&s->vs->bsec, bsec + 1, __ATOMIC_SEQ_CST);
     lr_wait_readers(s->lr);
     /* The buffer keeps its pages and blocks for the next section: the old
      * values in it are never read (readers only reach slots below
@@ -1753,7 +1784,7 @@ static int vs_key_room(vs_shard *s) {
 static int vs_value_room(kvidx *db, vs_shard *s) {
     int r;
     if (s->next_slot >= KVIDX_SLOT_LIMIT) return KVIDX_EFULL;
-    if ((s->next_slot >> VS_SEC_SHIFT) != s->lr->bsec && (r = vs_flush(db, s))) return r;
+    if ((s->next_slot >> VS_SEC_SHIFT) != s->vs->bsec && (r = vs_flush(db, s))) return r;
     return vs_fail(s, vs_reserve(s->bfd, VS_PAGE, &s->balloc,
                                  ((s->next_slot & (VS_SEC_N - 1)) + 1) * VS_SLOT,
                                  VS_BALLOC_STEP));
@@ -1765,6 +1796,7 @@ static void vs_append(vs_shard *s, const vs_rec *r) {
     vs_rec_encode(b, r);
     memcpy(s->kmap + (s->kpos & (VS_SEC_N - 1)) * VS_REC, b, VS_REC);
     s->kpos++;
+    s->wseq++;
 }
 
 static void vs_account(vs_shard *s, const lr_ent *old, int sign) {
@@ -1788,7 +1820,7 @@ static int vs_put(kvidx *db, vs_shard *s, uint64_t key, uint64_t h, const void *
     r.flags = 0;
     r.epoch = s->st.epoch;
     if (len) {
-        uint8_t *dst = s->bmap + VS_PAGE + (s->next_slot & (VS_SEC_N - 1)) * VS_SLOT;
+        uint8_t *dst = s->vs->bmap + VS_PAGE + (s->next_slot & (VS_SEC_N - 1)) * VS_SLOT;
         memcpy(dst, val, len);
         r.slot = (uint32_t)s->next_slot++;
         r.vsum = ck_value(dst, len); /* of the stored bytes: what reads verify */
@@ -1832,33 +1864,47 @@ static int vs_del(vs_shard *s, uint64_t key, uint64_t h) {
  * section, bsec loaded in it) into buf, which has room, and returns the
  * checksum of the copy; the caller compares it with e->vsum after
  * leaving the section: what it returns is exactly what was checked. */
-static uint32_t vs_copy(const vs_shard *s, uint64_t bsec, const lr_ent *e, void *buf) {
-    return e->len ? ck_copy(buf, vs_slot_ptr(s, bsec, e->slot), e->len) : e->vsum;
+static uint32_t vs_copy(const vs_store *v, uint64_t bsec, const lr_ent *e, void *buf) {
+    return e->len ? ck_copy(buf, vs_slot_ptr(v, bsec, e->slot), e->len) : e->vsum;
 }
 
-/* Enters a read section of shard s: *side is the map to use, *bsec the
- * section the buffer holds. Wait-free; pair with lr_depart. */
-static lr_slot *vs_read_begin(vs_shard *s, unsigned *side, uint64_t *bsec) {
+/* Enters a read section of shard s: *side is the map to use, *v the
+ * store its slots refer to, *bsec the section that store's buffer holds.
+ * Wait-free; pair with lr_depart. */
+static lr_slot *vs_read_begin(vs_shard *s, unsigned *side, const vs_store **v, uint64_t *bsec) {
     lr_slot *sl = lr_arrive(s->lr, side);
+    /* acquire: rs[side] was stored before side was published (seq_cst),
+     * and is not changed while a reader may be on that side. */
+    *v = __atomic_load_n(&s->rs[*side], __ATOMIC_ACQUIRE);
     /* seq_cst: pairs with vs_flush's seq_cst store of bsec, like side in
      * lr_arrive: either the flush waits for us or we see its new bsec. */
-    *bsec = __atomic_load_n(&s->lr->bsec, __ATOMIC_SEQ_CST);
+    *bsec = __atomic_load_n(&(*v)->bsec, __ATOMIC_SEQ_CST);
     return sl;
 }
 
-/* Makes the shard's writes so far durable: the buffer (values, state) and
- * the key log; then raises the durable prefix in the state, which the
- * next sync of the buffer file persists (it only ever lags). Runs without
- * the mutex during the syncs: writers go on meanwhile. */
-static int vs_sync(kvidx *db, vs_shard *s) {
-    uint64_t pos, lpos, ltrunc;
+/* Makes the shard's writes durable up to write number upto (s->wseq
+ * after the caller's write; UINT64_MAX: every write so far): the buffer
+ * (values, state), the key log and the list log; then raises the durable
+ * prefixes in the state, which the next sync of the buffer file persists
+ * (they only ever lag). One sync of a shard runs at a time (smu), without
+ * the mutex during the syncs: writers go on meanwhile. A caller whose
+ * write a sync covered while it waited for smu returns at once: writers
+ * with KVIDX_SYNC that arrive together share one fdatasync of each file
+ * (group commit). Compaction holds smu too: the files stay put. */
+static int vs_sync_upto(kvidx *db, vs_shard *s, uint64_t upto) {
+    uint64_t pos, lpos, ltrunc, seq;
     int r;
+    pthread_mutex_lock(&s->smu);
     pthread_mutex_lock(&s->mu);
     r = s->err;
-    pos = s->kpos, lpos = s->lpos, ltrunc = s->ltrunc;
-    if (!r && pos == s->durable && lpos == s->ldurable) r = 1; /* nothing new */
+    pos = s->kpos, lpos = s->lpos, ltrunc = s->ltrunc, seq = s->wseq;
+    if (!r && ((upto != UINT64_MAX && s->dseq >= upto) || (pos == s->durable && lpos == s->ldurable)))
+        r = 1; /* covered already, or nothing new */
     pthread_mutex_unlock(&s->mu);
-    if (r) return r < 0 ? r : KVIDX_OK;
+    if (r) {
+        pthread_mutex_unlock(&s->smu);
+        return r < 0 ? r : KVIDX_OK;
+    }
     r = os_fdatasync(s->bfd);
     if (!r) r = os_fdatasync(s->kfd);
     if (!r) r = os_fdatasync(s->lfd);
@@ -1873,10 +1919,14 @@ static int vs_sync(kvidx *db, vs_shard *s) {
         if (dirty) vs_state_write(s, db->nshards, 0);
         if (pos > s->durable) s->durable = pos;
         if (lpos > s->ldurable) s->ldurable = lpos;
+        if (seq > s->dseq) s->dseq = seq;
     }
     pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&s->smu);
     return r;
 }
+
+static int vs_sync(kvidx *db, vs_shard *s) { return vs_sync_upto(db, s, UINT64_MAX); }
 
 /* Checks a replayed record against what the log may hold at this point. */
 static int vs_rec_sane(const vs_shard *s, const vs_rec *r, uint32_t prev_epoch,
@@ -1888,7 +1938,7 @@ static int vs_rec_sane(const vs_shard *s, const vs_rec *r, uint32_t prev_epoch,
     if (r->len == 0) return r->slot == VS_NOSLOT;
     return r->slot != VS_NOSLOT && r->slot < KVIDX_SLOT_LIMIT &&
            (last_slot == UINT64_MAX || r->slot > last_slot) &&
-           (r->slot >> VS_SEC_SHIFT) <= s->lr->bsec;
+           (r->slot >> VS_SEC_SHIFT) <= s->vs->bsec;
 }
 
 /* Rebuilds the shard's table from its key log (newest record wins,
@@ -1925,8 +1975,8 @@ static int vs_replay(vs_shard *s, uint64_t fsize, int rw) {
                 vs_rec *rp = &rec[m];
                 int ok = vs_rec_decode(buf + i * VS_REC, rp) && vs_rec_sane(s, rp, prev_epoch, last_slot);
                 if (ok && rp->slot != VS_NOSLOT && pos + m >= s->st.synced &&
-                    (rp->slot >> VS_SEC_SHIFT) == s->lr->bsec)
-                    ok = ck_value(vs_slot_ptr(s, s->lr->bsec, rp->slot), rp->len) == rp->vsum;
+                    (rp->slot >> VS_SEC_SHIFT) == s->vs->bsec)
+                    ok = ck_value(vs_slot_ptr(s->vs, s->vs->bsec, rp->slot), rp->len) == rp->vsum;
                 if (!ok) {
                     if (pos + m < s->st.synced) rc = KVIDX_ECORRUPT;
                     else torn = 1;
@@ -1970,7 +2020,7 @@ static int vs_replay(vs_shard *s, uint64_t fsize, int rw) {
     s->kpos = pos;
     s->kalloc = 0; /* the first write reserves [0, end) again: a sparse copy lost it */
     s->next_slot = last_slot == UINT64_MAX ? 0 : last_slot + 1;
-    if (s->next_slot < s->lr->bsec << VS_SEC_SHIFT) s->next_slot = s->lr->bsec << VS_SEC_SHIFT;
+    if (s->next_slot < s->vs->bsec << VS_SEC_SHIFT) s->next_slot = s->vs->bsec << VS_SEC_SHIFT;
     for (i = 0; i < s->map[0].ht.cap; i++) {
         const lr_ent *e = &s->map[0].ht.cell[i];
         vs_account(s, e, 1);
@@ -2020,18 +2070,18 @@ static int vs_open_shard(kvidx *db, vs_shard *s) {
     uint64_t bsize, vsize, ksize, need, sec;
     if ((rc = vs_open_file(db, s, 'b', rw, &s->bfd, &bsize))) return rc;
     if (bsize != VS_PAGE + VS_VSEC_BYTES) return KVIDX_ECORRUPT;
-    s->bmap = os_mmap(s->bfd, 0, bsize, rw, &err);
-    if (!s->bmap) return os_rc(err);
+    s->vs->bmap = os_mmap(s->bfd, 0, bsize, rw, &err);
+    if (!s->vs->bmap) return os_rc(err);
     if ((rc = vs_state_load(s, db->nshards))) return rc;
-    s->lr->bsec = s->st.section; /* no reader yet */
+    s->vs->bsec = s->st.section; /* no reader yet */
 
     if ((rc = vs_open_file(db, s, 'v', rw, &s->vfd, &vsize))) return rc;
     if ((rc = vs_check_fhdr(db, s, s->vfd, vsize, VS_MAGIC_V))) return rc;
-    need = VS_PAGE + s->lr->bsec * VS_VSEC_BYTES;
+    need = VS_PAGE + s->vs->bsec * VS_VSEC_BYTES;
     if (vsize < need) return KVIDX_ECORRUPT; /* a section the state calls flushed is missing */
     if (rw && vsize > need && (rc = os_rc(os_ftruncate(s->vfd, need)))) return rc; /* an interrupted flush */
-    for (sec = 0; sec < s->lr->bsec; sec += VS_VMAP_SECS)
-        if ((rc = vs_vmap_ensure(s, sec))) return rc;
+    for (sec = 0; sec < s->vs->bsec; sec += VS_VMAP_SECS)
+        if ((rc = vs_vmap_ensure(s->vs, s->vfd, sec))) return rc;
     if (rw) {
         int r = os_set_direct(s->vfd, 1);
         s->vdirect = r == 0;
@@ -2064,12 +2114,9 @@ static int vs_open_shard(kvidx *db, vs_shard *s) {
 
 /* Unmaps and closes whatever of s was set up; frees its map. */
 static void vs_release_shard(vs_shard *s) {
-    uint32_t c;
     os_munmap(s->kmap, VS_KSEC_BYTES);
-    os_munmap(s->bmap, VS_PAGE + VS_VSEC_BYTES);
-    if (s->vmap)
-        for (c = 0; c < VS_VMAP_CHUNKS; c++) os_munmap(s->vmap[c], VS_VMAP_MAP);
-    os_free(s->vmap);
+    vs_store_free(s->vs);
+    s->vs = s->rs[0] = s->rs[1] = NULL;
     os_close(s->kfd);
     os_close(s->vfd);
     os_close(s->bfd);
@@ -2079,8 +2126,8 @@ static void vs_release_shard(vs_shard *s) {
     lr_ctl_free(s->lr);
     s->lr = NULL;
     pthread_mutex_destroy(&s->mu);
-    s->kmap = s->bmap = NULL;
-    s->vmap = NULL;
+    pthread_mutex_destroy(&s->smu);
+    s->kmap = NULL;
     s->kfd = s->vfd = s->bfd = -1;
 }
 
@@ -2748,6 +2795,7 @@ static int ls_log_append(vs_shard *s, unsigned op, uint64_t key, const uint64_t 
     if (r) return vs_fail(s, os_rc(r)); /* the next record overwrites a partial one */
     s->lpos += LS_REC_HDR + len + 8;
     s->lsn++;
+    s->wseq++;
     return KVIDX_OK;
 }
 
@@ -3431,10 +3479,11 @@ static int db_open(kvidx *db, const char *dir) {
         s->kfd = s->vfd = s->bfd = s->lfd = -1;
         s->ksec = UINT64_MAX;
         pthread_mutex_init(&s->mu, NULL);
+        pthread_mutex_init(&s->smu, NULL);
         if ((rc = lr_map_init(&s->map[0])) || (rc = lr_map_init(&s->map[1]))) return rc;
         if (!(s->lr = lr_ctl_new())) return KVIDX_ENOMEM;
-        s->vmap = os_calloc(VS_VMAP_CHUNKS, sizeof *s->vmap);
-        if (!s->vmap) return KVIDX_ENOMEM;
+        if (!(s->vs = vs_store_new())) return KVIDX_ENOMEM;
+        s->rs[0] = s->rs[1] = s->vs;
         if (!(s->lcx = os_calloc(1, sizeof *s->lcx))) return KVIDX_ENOMEM;
         s->lcx->s = s;
     }
@@ -3524,7 +3573,7 @@ static void *db_bg_main(void *arg) {
  * what it stores. Best effort. */
 static void vs_trim(vs_shard *s) {
     uint64_t used = (uint64_t)(s->next_slot & (VS_SEC_N - 1)) * VS_SLOT;
-    if ((s->next_slot >> VS_SEC_SHIFT) != s->lr->bsec) return; /* full, not yet flushed: all in use */
+    if ((s->next_slot >> VS_SEC_SHIFT) != s->vs->bsec) return; /* full, not yet flushed: all in use */
     used = (used + VS_PAGE - 1) / VS_PAGE * VS_PAGE;
     if (used < VS_VSEC_BYTES) os_punch(s->bfd, VS_PAGE + used, VS_VSEC_BYTES - used);
 }
@@ -3564,23 +3613,9 @@ int kvidx_sync(kvidx *db) {
     return rc ? rc : db_sync_all(db);
 }
 
-/* With KVIDX_SYNC: makes the write just done durable before returning,
- * by syncing the files it wrote (fd a, if >= 0, then fd b). Concurrent
- * writers of a shard each call fdatasync; the kernel lets a call that
- * finds nothing dirty return at once, so they share the work. */
-static int db_sync_write(vs_shard *s, int a, int b) {
-    int r = a >= 0 ? os_fdatasync(a) : 0;
-    if (!r) r = os_fdatasync(b);
-    if (!r) return KVIDX_OK;
-    pthread_mutex_lock(&s->mu);
-    r = vs_fail_sync(s);
-    pthread_mutex_unlock(&s->mu);
-    return r;
-}
-
 int kvidx_put(kvidx *db, uint64_t key, const void *val, size_t len) {
     int rc = db_check(db);
-    uint64_t h;
+    uint64_t h, seq;
     vs_shard *s;
     if (rc) return rc;
     if (len > KVIDX_VALUE_MAX) return KVIDX_ETOOBIG;
@@ -3590,8 +3625,9 @@ int kvidx_put(kvidx *db, uint64_t key, const void *val, size_t len) {
     s = db_shard(db, h);
     pthread_mutex_lock(&s->mu);
     rc = vs_put(db, s, key, h, val, len);
+    seq = s->wseq;
     pthread_mutex_unlock(&s->mu);
-    if (!rc && (db->flags & KVIDX_SYNC)) rc = db_sync_write(s, len ? s->bfd : -1, s->kfd);
+    if (!rc && (db->flags & KVIDX_SYNC)) rc = vs_sync_upto(db, s, seq);
     return rc;
 }
 
@@ -3602,6 +3638,7 @@ int kvidx_get(kvidx *db, uint64_t key, void *buf, size_t cap, size_t *len) {
     uint64_t h, bsec;
     unsigned side;
     vs_shard *s;
+    const vs_store *v;
     const lr_ent *e;
     lr_ent ent;
     lr_slot *sl;
@@ -3610,11 +3647,11 @@ int kvidx_get(kvidx *db, uint64_t key, void *buf, size_t cap, size_t *len) {
     if (!len || (!buf && cap)) return KVIDX_EINVAL;
     h = ck_key(key);
     s = db_shard(db, h);
-    sl = vs_read_begin(s, &side, &bsec);
+    sl = vs_read_begin(s, &side, &v, &bsec);
     e = lr_map_get(&s->map[side], key, h);
     if (e) {
         ent = *e;
-        if (ent.len <= cap) sum = vs_copy(s, bsec, &ent, buf);
+        if (ent.len <= cap) sum = vs_copy(v, bsec, &ent, buf);
     }
     lr_depart(s->lr, sl);
     if (!e) {
@@ -3628,7 +3665,7 @@ int kvidx_get(kvidx *db, uint64_t key, void *buf, size_t cap, size_t *len) {
 
 int kvidx_delete(kvidx *db, uint64_t key) {
     int rc = db_check(db);
-    uint64_t h;
+    uint64_t h, seq;
     vs_shard *s;
     if (rc) return rc;
     if (db->flags & KVIDX_RDONLY) return KVIDX_ERDONLY;
@@ -3636,8 +3673,9 @@ int kvidx_delete(kvidx *db, uint64_t key) {
     s = db_shard(db, h);
     pthread_mutex_lock(&s->mu);
     rc = vs_del(s, key, h);
+    seq = s->wseq;
     pthread_mutex_unlock(&s->mu);
-    if (!rc && (db->flags & KVIDX_SYNC)) rc = db_sync_write(s, -1, s->kfd);
+    if (!rc && (db->flags & KVIDX_SYNC)) rc = vs_sync_upto(db, s, seq);
     return rc;
 }
 
@@ -3684,7 +3722,7 @@ static int ls_sorted(const uint64_t *ids, size_t n, uint64_t *stack, size_t stac
 /* Every list write: checks, sorts, applies under the shard mutex. */
 static int ls_write(kvidx *db, unsigned op, uint64_t key, const uint64_t *ids, size_t n,
                     size_t *changed) {
-    uint64_t stack[32], *b = NULL, h;
+    uint64_t stack[32], *b = NULL, h, seq;
     size_t nb = 0, ch = 0;
     vs_shard *s;
     int rc = db_check(db);
@@ -3698,6 +3736,7 @@ static int ls_write(kvidx *db, unsigned op, uint64_t key, const uint64_t *ids, s
     s = db_shard(db, h);
     pthread_mutex_lock(&s->mu);
     rc = s->err ? s->err : ls_apply(s, op & 0xFF, key, b, nb, &ch, 1);
+    seq = s->wseq;
     if (!rc && ch && s->lpos >= s->lsnap_retry && ls_log_large(s, 1)) {
         /* The log outgrew the snapshot: fold it in (a stall for this
          * shard's writers, readers go on). A failure loses nothing; the
@@ -3711,7 +3750,7 @@ static int ls_write(kvidx *db, unsigned op, uint64_t key, const uint64_t *ids, s
     pthread_mutex_unlock(&s->mu);
     if (b != stack) os_free(b);
     if (rc == KVIDX_NOTFOUND && (op & LS_QUIET)) rc = KVIDX_OK;
-    if (!rc && ch && (db->flags & KVIDX_SYNC)) rc = db_sync_write(s, -1, s->lfd);
+    if (!rc && ch && (db->flags & KVIDX_SYNC)) rc = vs_sync_upto(db, s, seq);
     if ((!rc || rc == KVIDX_NOTFOUND) && changed) *changed = ch; /* 0 on NOTFOUND */
     return rc;
 }
@@ -3814,6 +3853,7 @@ typedef struct scan_sec {
     vs_shard *s;
     lr_slot *sl;
     const lr_map *map;
+    const vs_store *v;
     uint64_t bsec;
 } scan_sec;
 
@@ -3837,7 +3877,8 @@ static void scan_refilled(scan_cur *c, uint64_t to, size_t cap) {
 static void scan_refill(vs_shard *s, scan_cur *c, uint64_t to, size_t cap) {
     uint64_t bsec;
     unsigned side;
-    lr_slot *sl = vs_read_begin(s, &side, &bsec);
+    const vs_store *v;
+    lr_slot *sl = vs_read_begin(s, &side, &v, &bsec);
     c->n = lr_bt_collect(&s->map[side].bt, c->next, to, c->keys, cap);
     lr_depart(s->lr, sl);
     scan_refilled(c, to, cap);
@@ -3858,7 +3899,7 @@ static void scan_fetch(scan_item *it, size_t n, scan_sec *sec, size_t ns) {
     size_t i;
     for (i = 0; i < ns; i++) {
         unsigned side;
-        sec[i].sl = vs_read_begin(sec[i].s, &side, &sec[i].bsec);
+        sec[i].sl = vs_read_begin(sec[i].s, &side, &sec[i].v, &sec[i].bsec);
         sec[i].map = &sec[i].s->map[side];
     }
     for (i = 0; i < n; i++) {
@@ -3872,12 +3913,12 @@ static void scan_fetch(scan_item *it, size_t n, scan_sec *sec, size_t ns) {
         it[i].len = e ? e->len : SCAN_GONE;
         if (!e) continue;
         it[i].ent = *e;
-        for (j = 0; j < e->len; j += 64) __builtin_prefetch(vs_slot_ptr(c->s, c->bsec, e->slot) + j);
+        for (j = 0; j < e->len; j += 64) __builtin_prefetch(vs_slot_ptr(c->v, c->bsec, e->slot) + j);
     }
     for (i = 0; i < n; i++)
         if (it[i].len != SCAN_GONE) {
             const scan_sec *c = &sec[it[i].sec];
-            it[i].diff = vs_copy(c->s, c->bsec, &it[i].ent, it[i].val) ^ it[i].ent.vsum;
+            it[i].diff = vs_copy(c->v, c->bsec, &it[i].ent, it[i].val) ^ it[i].ent.vsum;
         }
     for (i = 0; i < ns; i++) lr_depart(sec[i].s->lr, sec[i].sl);
 }

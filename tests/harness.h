@@ -25,6 +25,24 @@
 #include <time.h>
 #include <unistd.h>
 
+/* SAN_SLOW: sanitizer builds run about 3x (ASan) to 15x (TSan) slower;
+ * tests divide their larger loops by it so that each program stays at a
+ * few seconds. */
+#if defined(__SANITIZE_THREAD__)
+#define SAN_SLOW 8
+#elif defined(__SANITIZE_ADDRESS__)
+#define SAN_SLOW 2
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define SAN_SLOW 8
+#elif __has_feature(address_sanitizer)
+#define SAN_SLOW 2
+#endif
+#endif
+#ifndef SAN_SLOW
+#define SAN_SLOW 1
+#endif
+
 static int t_cases_passed, t_cases_failed, t_case_failures;
 static uint64_t t_seed, t_rng;
 static const char *t_prog = "test";

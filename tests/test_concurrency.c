@@ -802,7 +802,10 @@ static void test_read_your_writes_across_threads(void) {
            " checked by scan), %" PRIu64 " noise writes\n",
            t0, x->rounds_done, x->dels, x->scans_checked, x->noise_ops);
     CHECK(fails() == 0);
-    CHECK(x->rounds_done >= 2000 / g_scale);
+    /* A progress floor, not a speed claim: a stuck or starved thread does
+     * a handful of rounds; a slow machine (TSan on 2 shared CPUs: 832 in
+     * 1.5 s) still does hundreds. */
+    CHECK(x->rounds_done >= 200 / g_scale);
     CHECK(x->dels >= 1 && x->scans_checked >= 1);
     /* quiescent: the model is the store */
     for (i = 0; i < RYW_KEYS && fails() == 0; i++)
@@ -1166,7 +1169,9 @@ static void test_many_threads_many_handles(void) {
     printf("  %u waves of %u threads: %" PRIu64 ", %" PRIu64 ", %" PRIu64 " ops, %.2f s\n",
            T4_WAVES, 2 * T4_N, ops[0], ops[1], ops[T4_WAVES - 1], now_s() - t0);
     CHECK(fails() == 0);
-    for (w = 0; w < T4_WAVES; w++) CHECK(ops[w] >= 2 * T4_N * 100 / g_scale);
+    /* progress in every wave (a floor, not a speed claim: TSan on 2 busy
+     * CPUs did 1472 in a wave) */
+    for (w = 0; w < T4_WAVES; w++) CHECK(ops[w] >= 2 * T4_N * 10 / g_scale);
 
     /* after the waves, from the main thread: reads see everything, writes
      * complete, on the shared handle and on each own one */

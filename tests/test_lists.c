@@ -49,22 +49,6 @@
 
 static uint64_t g_scale = 1;
 
-/* Sanitizer builds run about 3x (ASan) to 15x (TSan) slower: they do
- * less work so that the whole program stays at a few seconds. */
-#if defined(__SANITIZE_THREAD__)
-#define SAN_SLOW 8
-#elif defined(__SANITIZE_ADDRESS__)
-#define SAN_SLOW 2
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define SAN_SLOW 8
-#elif __has_feature(address_sanitizer)
-#define SAN_SLOW 2
-#endif
-#endif
-#ifndef SAN_SLOW
-#define SAN_SLOW 1
-#endif
 
 static void *xmalloc(size_t n) {
     void *p = malloc(n ? n : 1);

@@ -167,8 +167,9 @@ static void test_tree_edits(void) {
     ls_node *root = NULL;
     unsigned round, bad = 0;
     uint64_t b[3000];
-    for (round = 0; round < 3000; round++) {
-        int add = round < 1500 ? t_below(4) != 0 : t_below(3) == 0;
+    const unsigned rounds = 3000 / SAN_SLOW;
+    for (round = 0; round < rounds; round++) {
+        int add = round < rounds / 2 ? t_below(4) != 0 : t_below(3) == 0;
         size_t nb = t_below(10) == 0 ? 1 + t_below(3000) : 1 + t_below(4), i, nu = 0, want = 0, ch = 0;
         uint64_t span = round % 3 == 0 ? 100000 : round % 3 == 1 ? UINT64_C(1) << 32 : UINT64_MAX;
         ls_vec v = {0, 0, 0, 0};
@@ -202,7 +203,7 @@ static void test_tree_edits(void) {
             bad++;
             break;
         }
-        if (round == 1499) { /* ascending arrivals fill leaves */
+        if (round == rounds / 2 - 1) { /* ascending arrivals fill leaves */
             uint64_t top = m.n ? m.a[m.n - 1] : 0;
             for (i = 0; i < 20000; i++) {
                 uint64_t x = top + 1 + i * 3;
@@ -228,14 +229,14 @@ static void test_tree_edits(void) {
     bare_free(s);
 }
 
-/* 100,000 single adds of ids 7 apart, in the order `order` gives (0
+/* 100,000 (sanitizers: fewer) single adds of ids 7 apart, in the order `order` gives (0
  * ascending, 1 descending, 2 alternating from both ends, 3 random): the
  * tree holds them all; returns the bytes it takes an id. */
 static double fill(int order) {
     vs_shard *s = bare_shard();
     ls_ctx *cx = s->lcx;
     ls_node *root = NULL, *nr;
-    uint64_t i, x, n = 100000, *perm = NULL, prev = 0;
+    uint64_t i, x, n = 100000 / SAN_SLOW, *perm = NULL, prev = 0;
     size_t ch;
     double per;
     int first = 1, bad = 0;
@@ -283,7 +284,7 @@ static void test_fill_orders(void) {
     int order;
     for (order = 0; order < 4; order++) {
         double per = fill(order);
-        printf("  100000 ids, %s: %.2f bytes an id\n", name[order], per);
+        printf("  %d ids, %s: %.2f bytes an id\n", 100000 / SAN_SLOW, name[order], per);
         CHECK(per < (order == 0 ? 3.0 : 5.0));
     }
 }
@@ -571,6 +572,12 @@ static int fail_rename(os_op op, const char *what) {
  * writes that wanted one succeed and try again only after the log has
  * grown by LS_SNAP_RETRY, not at every write; once renames work again
  * the next try folds the log. */
+static int logged;
+static void count_log(void *ud, const char *msg) {
+    (void)ud;
+    logged += strstr(msg, "list snapshot") && strstr(msg, "failed: database or disk is full");
+}
+
 static void test_snapshot_failures(void) {
     const char *dir = t_dir("ls_snapfail");
     kvidx_options o = opts(1);
@@ -578,6 +585,7 @@ static void test_snapshot_failures(void) {
     model m = {0, 0, 0};
     uint64_t i, writes = 0;
     kvidx_stats st;
+    o.log = count_log, logged = 0;
     t_rmrf(dir);
     REQUIRE(kvidx_open(dir, &o, &db) == KVIDX_OK);
     for (i = 0; i < 600; i++) { /* ~8 KiB of log: past KVIDX_LS_SNAP_MIN, under _AUTO */
@@ -603,6 +611,7 @@ static void test_snapshot_failures(void) {
     /* tries: at 64 KiB, then every 16 KiB of log */
     CHECK(renames >= 3 && renames <= (int)(3 * KVIDX_LS_SNAP_AUTO / LS_SNAP_RETRY) + 1);
     CHECK(writes > 1000);
+    CHECK(logged == renames + 2); /* each failure logged once, close and open included */
     CHECK(list_is(db, 3, &m));
     rename_fails = 0;
     for (i = 0; i < 2000 && db->sh[0].lpos > LS_LOG_HDR; i++) {

@@ -155,7 +155,13 @@ static int read_in_section(kvidx *db, unsigned side, uint64_t bsec, uint64_t key
     const lr_ent *e = lr_map_get(&s->map[side], key, ck_key(key));
     if (!e) return KVIDX_NOTFOUND;
     *len = e->len;
-    return vs_copy(s, bsec, e, out) == e->vsum ? KVIDX_OK : KVIDX_ECORRUPT;
+    return vs_copy(s->rs[side], bsec, e, out) == e->vsum ? KVIDX_OK : KVIDX_ECORRUPT;
+}
+
+/* vs_read_begin for shard 0's only store (no compaction here). */
+static lr_slot *read_begin(vs_shard *s, unsigned *side, uint64_t *bsec) {
+    const vs_store *v;
+    return vs_read_begin(s, side, &v, bsec);
 }
 
 static int value_is(kvidx *db, uint64_t key, const char *want) {
@@ -188,7 +194,7 @@ static void test_parked_before_side(void) {
     g_park_on_arrive = 1;
     lr_test_hook = hook;
 
-    sl = vs_read_begin(s, &side, &bsec); /* the hook runs the writer here */
+    sl = read_begin(s, &side, &bsec); /* the hook runs the writer here */
     reader_on((int)side);
     CHECK(g_writer_started);
     CHECK(g_writer_waiting);         /* it waits for the parked reader ... */
@@ -233,7 +239,7 @@ static void test_parked_before_arrive(void) {
     g_job.vals[0] = "w1", g_job.lens[0] = 2;
     g_park_on_enter = 1;
     lr_test_hook = hook;
-    sl = vs_read_begin(s, &side, &bsec); /* a whole put runs inside, before arrival */
+    sl = read_begin(s, &side, &bsec); /* a whole put runs inside, before arrival */
     if (g_writer_started) pthread_join(g_writer, NULL);
     CHECK(g_puts_done == 1);
     CHECK(!g_writer_waiting); /* nobody had arrived: no reason to wait */
@@ -285,7 +291,7 @@ static void test_parked_while_reading(void) {
         g_job.nputs = 1;
         g_job.vals[0] = next, g_job.lens[0] = 2;
         vi0 = s->lr->vi;
-        sl = vs_read_begin(s, &side, &bsec);
+        sl = read_begin(s, &side, &bsec);
         CHECK(sl >= &s->lr->ind[vi0][0] && sl < &s->lr->ind[vi0][KVIDX_LR_STRIPES]);
         reader_on((int)side);
         start_writer();
@@ -328,13 +334,13 @@ static void test_buffer_reuse_waits(void) {
         fails += kvidx_put(db, k, v, sizeof v) != KVIDX_OK;
     }
     CHECK(fails == 0);
-    CHECK(s->lr->bsec == 0 && s->next_slot == VS_SEC_N);
+    CHECK(s->vs->bsec == 0 && s->next_slot == VS_SEC_N);
 
     reset(db, VS_SEC_N + 5);
     g_job.nputs = 1;
     g_job.vals[0] = "next section", g_job.lens[0] = 12; /* needs slot 65536: a flush */
     lr_test_hook = hook;
-    sl = vs_read_begin(s, &side, &bsec);
+    sl = read_begin(s, &side, &bsec);
     CHECK(bsec == 0);
     start_writer();
     CHECK(g_writer_started);
@@ -350,7 +356,7 @@ static void test_buffer_reuse_waits(void) {
     reader_leave(s, sl);
     lr_test_hook = NULL;
     CHECK(g_puts_done == 1);
-    CHECK(s->lr->bsec == 1); /* flushed: key 1234 now reads from the value log */
+    CHECK(s->vs->bsec == 1); /* flushed: key 1234 now reads from the value log */
     CHECK_RC(kvidx_get(db, 1234, b, sizeof b, &len), KVIDX_OK);
     CHECK(len == VS_SLOT && memcmp(b, v, VS_SLOT) == 0);
     CHECK(value_is(db, VS_SEC_N + 5, "next section"));
@@ -422,7 +428,7 @@ static void test_indicators_balance(void) {
     s = &db->sh[0];
     CHECK(lr_stripe() == lr_stripe());
     for (n = 0; n < 1000; n++) {
-        lr_slot *sl = vs_read_begin(s, &side, &bsec);
+        lr_slot *sl = read_begin(s, &side, &bsec);
         CHECK(sl->n >= 1);
         lr_depart(s->lr, sl);
         if (n % 10 == 0) CHECK_RC(kvidx_put(db, (uint64_t)n, "x", 1), KVIDX_OK);
