@@ -10,7 +10,7 @@
  *   1. options and constants
  *   2. failure: every error names the engine and the phase, then exits
  *   3. the population: lists, ids, load order, operations, final model
- *   4. files and memory: mkdir -p, rm -r, file sizes, heap
+ *   4. files and memory: file sizes, heap (mkdir -p, rm -r, du: bench.h)
  *   5. checks shared by the engines: pages, counts
  *   6. engines: kvidx, Redis (a redis-server this program starts), LMDB
  *   7. phases: one engine in a forked child
@@ -63,6 +63,7 @@
 #include <lmdb.h>
 
 #include "kvidx.h"
+#define BENCH_FILES
 #include "bench.h"
 
 /* ==== 1. options and constants ========================================= */
@@ -80,7 +81,7 @@
 #define MID_MAX 5000
 #define BIG_SHUFFLE_PCT 2 /* % of a big list's ids swapped out of ascending order */
 #define VERIFY_CAP 1024   /* ids per call when verifying whole lists */
-#define PATH_CAP 4096
+#define PATH_CAP BENCH_PATH_CAP
 
 static uint64_t g_lists = 100000; /* small lists (plus g_big_lists big ones) */
 static uint64_t g_big_lists = 5;
@@ -471,61 +472,6 @@ static int cmp_by_key(const void *a, const void *b) { return cmp_u64(&g_key[*(co
 
 /* ==== 4. files and memory =============================================== */
 
-static void path_join(char *out, const char *a, const char *b) {
-    if (snprintf(out, PATH_CAP, "%s/%s", a, b) >= PATH_CAP) fail("path too long: %s/%s", a, b);
-}
-
-static void mkdir_p(const char *path) {
-    char p[PATH_CAP];
-    size_t i, len = strlen(path);
-    if (len >= sizeof p) fail("path too long: %s", path);
-    memcpy(p, path, len + 1);
-    for (i = 1; i <= len; i++) {
-        if (p[i] != '/' && p[i] != '\0') continue;
-        p[i] = '\0';
-        if (mkdir(p, 0755) && errno != EEXIST) fail("mkdir %s: %s", p, strerror(errno));
-        if (i < len) p[i] = '/';
-    }
-}
-
-static int rm_cb(const char *p, const struct stat *st, int type, struct FTW *f) {
-    (void)st, (void)type, (void)f;
-    if (remove(p)) fail("remove %s: %s", p, strerror(errno));
-    return 0;
-}
-
-/* rm -r path; a missing path is fine. */
-static void rm_tree(const char *path) {
-    struct stat st;
-    if (lstat(path, &st) && errno == ENOENT) return;
-    if (nftw(path, rm_cb, 16, FTW_DEPTH | FTW_PHYS)) fail("remove %s: %s", path, strerror(errno));
-}
-
-/* What du_cb adds up (nftw has no user pointer). */
-static struct {
-    uint64_t blocks; /* st_blocks * 512 of every file */
-    uint64_t l, ls;  /* st_size of the kvidx list logs (*.l) and snapshots (*.ls) */
-} g_du;
-
-static int ends_with(const char *s, const char *suf) {
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && !strcmp(s + a - b, suf);
-}
-
-static int du_cb(const char *p, const struct stat *st, int type, struct FTW *f) {
-    (void)f;
-    if (type != FTW_F) return 0;
-    g_du.blocks += (uint64_t)st->st_blocks * 512;
-    if (ends_with(p, ".l")) g_du.l += (uint64_t)st->st_size;
-    if (ends_with(p, ".ls")) g_du.ls += (uint64_t)st->st_size;
-    return 0;
-}
-
-static void du(const char *path) {
-    memset(&g_du, 0, sizeof g_du);
-    if (nftw(path, du_cb, 16, FTW_PHYS)) fail("walk %s: %s", path, strerror(errno));
-}
-
 static uint64_t file_size(const char *path) {
     struct stat st;
     if (stat(path, &st)) fail("stat %s: %s", path, strerror(errno));
@@ -622,7 +568,7 @@ static void kv_open_dir(db *d, const char *dir) {
 }
 
 static void kv_open(db *d, const char *dir) {
-    rm_tree(dir);
+    bench_rm_tree(dir);
     kv_open_dir(d, dir);
 }
 
@@ -1113,7 +1059,7 @@ static uint64_t rd_save(db *d, uint64_t *blocks) {
         if (!strstr(r->str, "rdb_last_bgsave_status:ok")) fail("BGSAVE failed (see %s/redis.log)", g_redis_dir);
         freeReplyObject(r);
     }
-    path_join(path, g_redis_dir, "dump.rdb");
+    bench_path_join(path, g_redis_dir, "dump.rdb");
     if (stat(path, &st)) fail("stat %s: %s", path, strerror(errno));
     *blocks = (uint64_t)st.st_blocks * 512;
     return (uint64_t)st.st_size;
@@ -1133,7 +1079,7 @@ static void lm_check(int rc, const char *what) {
 static void lm_open_dir(db *d, const char *dir) {
     MDB_txn *t;
     snprintf(d->dir, sizeof d->dir, "%s", dir);
-    mkdir_p(dir);
+    bench_mkdir_p(dir);
     lm_check(mdb_env_create(&d->env), "mdb_env_create");
     lm_check(mdb_env_set_mapsize(d->env, (size_t)LMDB_MAPSIZE), "mdb_env_set_mapsize");
     lm_check(mdb_env_open(d->env, dir, MDB_NOSYNC | MDB_NOMETASYNC, 0644), "mdb_env_open");
@@ -1147,7 +1093,7 @@ static void lm_open_dir(db *d, const char *dir) {
 }
 
 static void lm_open(db *d, const char *dir) {
-    rm_tree(dir);
+    bench_rm_tree(dir);
     lm_open_dir(d, dir);
 }
 
@@ -1337,7 +1283,7 @@ static void lm_verify(db *d, const pop *p) {
 /* The data file: LMDB's memory is this file, mapped. */
 static double lm_ram(db *d) {
     char path[PATH_CAP];
-    path_join(path, d->dir, "data.mdb");
+    bench_path_join(path, d->dir, "data.mdb");
     return (double)file_size(path);
 }
 
@@ -1438,14 +1384,14 @@ static void run_engine(int ei, result *res) {
     double heap0, r, t;
     db d;
 
-    path_join(base, g_dir, e->name);
-    rm_tree(base);
-    mkdir_p(base);
+    bench_path_join(base, g_dir, e->name);
+    bench_rm_tree(base);
+    bench_mkdir_p(base);
 
     /* Per-list overhead: MINI_LISTS lists of 1..MINI_MAX ids, one id per call. */
     phase("mini");
     memset(&d, 0, sizeof d);
-    path_join(dir, base, "mini");
+    bench_path_join(dir, base, "mini");
     e->open(&d, dir);
     load_timed(e, &d, &g_mini, 0);
     r = e->ram(&d);
@@ -1455,11 +1401,11 @@ static void run_engine(int ei, result *res) {
     phase("mini-verify");
     e->verify(&d, &g_mini);
     e->close(&d);
-    rm_tree(dir);
+    bench_rm_tree(dir);
 
     /* load-100: a database of its own, checked whole, then dropped. */
     phase("load-100");
-    path_join(dir, base, "load100");
+    bench_path_join(dir, base, "load100");
     e->open(&d, dir);
     res->v[M_LOAD100] = load_timed(e, &d, &g_orig, 1);
     progress(res->v[M_LOAD100], "ids/s");
@@ -1467,11 +1413,11 @@ static void run_engine(int ei, result *res) {
     phase("load-100-verify");
     e->verify(&d, &g_orig);
     e->close(&d);
-    rm_tree(dir);
+    bench_rm_tree(dir);
 
     /* load-1: the database every later phase uses. */
     phase("load-1");
-    path_join(dir, base, "main");
+    bench_path_join(dir, base, "main");
     e->open(&d, dir);
     heap0 = heap_bytes();
     res->v[M_LOAD1] = load_timed(e, &d, &g_orig, 0);
@@ -1511,19 +1457,19 @@ static void run_engine(int ei, result *res) {
         if (ei == E_LMDB) res->v[M_DISK_OPEN] = lm_ram(&d) / (double)g_fin.total;
         e->close(&d);
         sync();
-        du(dir);
+        bench_du(dir);
         if (ei == E_KVIDX) {
-            res->v[M_DISK_LISTS] = (double)(g_du.l + g_du.ls) / (double)g_fin.total;
-            res->v[M_DISK_SNAP] = (double)g_du.ls / (double)g_fin.total;
+            res->v[M_DISK_LISTS] = (double)(g_bench_du.l + g_bench_du.ls) / (double)g_fin.total;
+            res->v[M_DISK_SNAP] = (double)g_bench_du.ls / (double)g_fin.total;
             fprintf(stderr, "bench_lists: kvidx  after close: .l files %" PRIu64 " B, .ls files %" PRIu64
                             " B, directory %" PRIu64 " B allocated\n",
-                    g_du.l, g_du.ls, g_du.blocks);
+                    g_bench_du.l, g_bench_du.ls, g_bench_du.blocks);
         } else {
             char path[PATH_CAP];
-            path_join(path, dir, "data.mdb");
+            bench_path_join(path, dir, "data.mdb");
             res->v[M_DISK_LISTS] = (double)file_size(path) / (double)g_fin.total;
         }
-        res->v[M_DISK_DIR] = (double)g_du.blocks / (double)g_fin.total;
+        res->v[M_DISK_DIR] = (double)g_bench_du.blocks / (double)g_fin.total;
     }
     progress(res->v[M_DISK_LISTS], "B/id");
 
@@ -1540,7 +1486,7 @@ static void run_engine(int ei, result *res) {
         e->verify(&d, &g_fin);
         e->close(&d);
     }
-    rm_tree(base);
+    bench_rm_tree(base);
 }
 
 static pid_t g_child_pid = -1; /* the engine child running now (signal handler) */
@@ -1900,7 +1846,7 @@ static void redis_start(void) {
     if (snprintf(tmpl, sizeof tmpl, "%s/redis-XXXXXX", g_dir) >= (int)sizeof tmpl) fail("path too long");
     if (!mkdtemp(tmpl)) fail("mkdtemp %s: %s", tmpl, strerror(errno));
     snprintf(g_redis_dir, sizeof g_redis_dir, "%s", tmpl);
-    path_join(log, g_redis_dir, "redis.log");
+    bench_path_join(log, g_redis_dir, "redis.log");
     for (attempt = 0; attempt < 3; attempt++) {
         pid_t pid;
         g_redis_port = free_port();
@@ -2026,7 +1972,7 @@ int main(int argc, char **argv) {
     atexit(redis_stop);
 
     read_versions();
-    mkdir_p(g_dir);
+    bench_mkdir_p(g_dir);
     fprintf(stderr, "bench_lists: generating the population (seed %" PRIu64 ")\n", g_seed);
     make_populations();
     make_ops();
@@ -2056,10 +2002,10 @@ int main(int argc, char **argv) {
     redis_stop();
     for (e = 0; e < NENG; e++) {
         char p[PATH_CAP];
-        path_join(p, g_dir, g_engines[e].name);
-        rm_tree(p);
+        bench_path_join(p, g_dir, g_engines[e].name);
+        bench_rm_tree(p);
     }
-    if (g_redis_dir[0]) rm_tree(g_redis_dir);
+    if (g_redis_dir[0]) bench_rm_tree(g_redis_dir);
     rmdir(g_dir); /* only if empty: --dir may name a directory holding other things */
     if (failed) return g_stopped == SIGALRM ? 3 : g_stopped ? 130 : 1;
 
