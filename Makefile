@@ -109,8 +109,8 @@ build/bench_kv: bench/bench_kv.c bench/bench.h kvidx.c kvidx.h | deps bench-deps
 	$(CC) $(WARN) -D_GNU_SOURCE -O2 -g -DNDEBUG -I. bench/bench_kv.c kvidx.c -o $@ \
 	  -llmdb -lrocksdb -lleveldb $(LDLIBS)
 
-# kvidx lists against Redis sorted sets and LMDB dupsort (bench/bench_lists.c; a few minutes).
-# Starts its own redis-server on 127.0.0.1 and kills it at the end. Never part of `make test`.
+# kvidx lists against Redis sorted sets, Redis sets and LMDB dupsort (bench/bench_lists.c; a few minutes).
+# Starts a redis-server on 127.0.0.1 per Redis engine and kills it after that engine. Never part of `make test`.
 bench-lists: deps bench-deps build/bench_lists
 	./build/bench_lists
 

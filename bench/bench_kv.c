@@ -9,7 +9,7 @@
  *   1. options and constants
  *   2. failure: every error names the engine and the phase, then exits
  *   3. keys and values (derived from the seed, checked on every read)
- *   4. files and memory: mkdir -p, rm -r, bytes on disk, VmRSS
+ *   4. files and memory: bytes on disk, VmRSS (mkdir -p, rm -r: bench.h)
  *   5. engines: one table of functions per engine (kvidx, lmdb, rocksdb,
  *      leveldb) behind the same calls
  *   6. phases: one (engine, repeat) in a forked child
@@ -49,6 +49,7 @@
 #include <rocksdb/c.h>
 
 #include "kvidx.h"
+#define BENCH_FILES
 #include "bench.h"
 
 /* ==== 1. options and constants ========================================= */
@@ -61,7 +62,7 @@
 #define SYNC_PUTS 2000       /* fillrandom-sync: enough for a stable rate at ~250 us each */
 #define LMDB_MAPSIZE (64ull << 30) /* room for 10M records several times over; sparse */
 #define RW_READERS 2
-#define PATH_CAP 4096
+#define PATH_CAP BENCH_PATH_CAP
 
 static uint64_t g_n = 1000000;    /* keys */
 static uint64_t g_seed = 42;
@@ -139,49 +140,10 @@ static int val_match(const void *p, size_t len, const uint8_t *a, const uint8_t 
 
 /* ==== 4. files and memory =============================================== */
 
-static void path_join(char *out, const char *a, const char *b) {
-    if (snprintf(out, PATH_CAP, "%s/%s", a, b) >= PATH_CAP) fail("path too long: %s/%s", a, b);
-}
-
-static void mkdir_p(const char *path) {
-    char p[PATH_CAP];
-    size_t i, len = strlen(path);
-    if (len >= sizeof p) fail("path too long: %s", path);
-    memcpy(p, path, len + 1);
-    for (i = 1; i <= len; i++) {
-        if (p[i] != '/' && p[i] != '\0') continue;
-        p[i] = '\0';
-        if (mkdir(p, 0755) && errno != EEXIST) fail("mkdir %s: %s", p, strerror(errno));
-        if (i < len) p[i] = '/';
-    }
-}
-
-static int rm_cb(const char *p, const struct stat *st, int type, struct FTW *f) {
-    (void)st, (void)type, (void)f;
-    if (remove(p)) fail("remove %s: %s", p, strerror(errno));
-    return 0;
-}
-
-/* rm -r path; a missing path is fine. */
-static void rm_tree(const char *path) {
-    struct stat st;
-    if (lstat(path, &st) && errno == ENOENT) return;
-    if (nftw(path, rm_cb, 16, FTW_DEPTH | FTW_PHYS)) fail("remove %s: %s", path, strerror(errno));
-}
-
-static uint64_t g_du; /* nftw has no user pointer: the one accumulator */
-
-static int du_cb(const char *p, const struct stat *st, int type, struct FTW *f) {
-    (void)p, (void)f;
-    if (type == FTW_F) g_du += (uint64_t)st->st_blocks * 512;
-    return 0;
-}
-
 /* Blocks allocated to every file under path, in bytes (what df loses). */
 static uint64_t disk_bytes(const char *path) {
-    g_du = 0;
-    if (nftw(path, du_cb, 16, FTW_PHYS)) fail("walk %s: %s", path, strerror(errno));
-    return g_du;
+    bench_du(path);
+    return g_bench_du.blocks;
 }
 
 /* VmRSS of this process, bytes. */
@@ -728,7 +690,7 @@ static double fill(db *d, const engine *e, const char *dir, int mode, const uint
     uint8_t v[VLEN];
     uint64_t i;
     double t;
-    rm_tree(dir);
+    bench_rm_tree(dir);
     db_open(d, e, dir, mode);
     t = bench_now_s();
     if (batch) {
@@ -749,12 +711,12 @@ static void fill_dropped(const engine *e, const char *base, const char *name, in
     char dir[PATH_CAP];
     db d;
     phase(name);
-    path_join(dir, base, name);
+    bench_path_join(dir, base, name);
     res->v[m] = fill(&d, e, dir, mode, order, batch, append);
     progress(res->v[m], "ops/s");
     check_sample(&d, 1, 0x5A5A ^ (uint64_t)m);
     db_close(&d);
-    rm_tree(dir);
+    bench_rm_tree(dir);
     sync(); /* what this phase left dirty must not be written back during the next */
 }
 
@@ -915,16 +877,16 @@ static void run_engine(const engine *e, result *res) {
     scan_chk sc;
 
     res->v[M_RSS_BASE] = rss_bytes() / 1048576.0;
-    path_join(base, g_dir, e->name);
-    rm_tree(base);
-    mkdir_p(base);
+    bench_path_join(base, g_dir, e->name);
+    bench_rm_tree(base);
+    bench_mkdir_p(base);
 
     fill_dropped(e, base, "fillseq", MODE_PLAIN, g_sorted, 0, 0, res, M_FILLSEQ);
     fill_dropped(e, base, "fillseq-batch", MODE_BATCH, g_sorted, 1, 1, res, M_FILLSEQ_BATCH);
     fill_dropped(e, base, "fillrandom-batch", MODE_BATCH, g_keys, 1, 0, res, M_FILLRANDOM_BATCH);
 
     phase("fillrandom");
-    path_join(dir, base, "main");
+    bench_path_join(dir, base, "main");
     res->v[M_FILLRANDOM] = fill(&d, e, dir, MODE_PLAIN, g_keys, 0, 0);
     res->v[M_RSS] = rss_bytes() / 1048576.0;
     res->v[M_RSS_ENGINE] = res->v[M_RSS] - res->v[M_RSS_BASE];
@@ -1027,13 +989,13 @@ static void run_engine(const engine *e, result *res) {
         rw_phase(&d, res);
         db_close(&d);
     }
-    rm_tree(dir);
+    bench_rm_tree(dir);
     sync();
 
     phase("fillrandom-sync");
     {
         uint64_t m = n < SYNC_PUTS ? n : SYNC_PUTS;
-        path_join(dir, base, "sync");
+        bench_path_join(dir, base, "sync");
         db_open(&d, e, dir, MODE_SYNC);
         t = bench_now_s();
         for (i = 0; i < m; i++) {
@@ -1045,7 +1007,7 @@ static void run_engine(const engine *e, result *res) {
         for (i = 0; i < m; i++) expect_val(&d.main, g_keys[i], 1);
         db_close(&d);
     }
-    rm_tree(base);
+    bench_rm_tree(base);
     sync();
 }
 
@@ -1432,7 +1394,7 @@ int main(int argc, char **argv) {
     for (i = 0; i < g_n; i++) g_keys[i] = g_sorted[i] = key_at(i);
     qsort(g_sorted, (size_t)g_n, sizeof *g_sorted, cmp_u64);
 
-    mkdir_p(g_dir);
+    bench_mkdir_p(g_dir);
     read_versions();
     read_fs(g_dir);
     fprintf(stderr, "bench_kv: kvidx %s, LMDB %s, RocksDB %s, LevelDB %s; n %" PRIu64 ", repeat %d, dir %s\n",
@@ -1443,8 +1405,8 @@ int main(int argc, char **argv) {
             if (!g_sel[e]) continue;
             if (run_child(&g_engines[e], rep, &g_res[e * g_repeat + rep])) {
                 char p[PATH_CAP];
-                path_join(p, g_dir, g_engines[e].name);
-                rm_tree(p);
+                bench_path_join(p, g_dir, g_engines[e].name);
+                bench_rm_tree(p);
                 rmdir(g_dir);
                 g_engine = g_engines[e].name, g_phase = "run";
                 fail("repeat %d failed (see above); run stopped, data removed", rep + 1);
@@ -1453,8 +1415,8 @@ int main(int argc, char **argv) {
     }
     for (e = 0; e < NENG; e++) {
         char p[PATH_CAP];
-        path_join(p, g_dir, g_engines[e].name);
-        rm_tree(p);
+        bench_path_join(p, g_dir, g_engines[e].name);
+        bench_rm_tree(p);
     }
     rmdir(g_dir); /* only if empty: --dir may name a directory holding other things */
 

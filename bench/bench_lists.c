@@ -1,18 +1,20 @@
 /*
- * bench_lists.c -- kvidx lists against Redis sorted sets and LMDB dupsort
- * tables: one skewed population, one run, ratios from that run.
+ * bench_lists.c -- kvidx lists against Redis sorted sets, Redis sets and
+ * LMDB dupsort tables: one skewed population, one run, ratios from that
+ * run.
  *
  *   bench_lists [--lists N] [--big-lists N] [--big-ids N] [--ops N]
- *               [--seed X] [--engines kvidx,redis,lmdb] [--dir D]
+ *               [--seed X] [--engines kvidx,redis,redis-set,lmdb] [--dir D]
  *               [--timeout S] [--json]
  *
  * Contents
  *   1. options and constants
  *   2. failure: every error names the engine and the phase, then exits
  *   3. the population: lists, ids, load order, operations, final model
- *   4. files and memory: mkdir -p, rm -r, file sizes, heap
+ *   4. files and memory: file sizes, heap (mkdir -p, rm -r, du: bench.h)
  *   5. checks shared by the engines: pages, counts
- *   6. engines: kvidx, Redis (a redis-server this program starts), LMDB
+ *   6. engines: kvidx, Redis sorted sets and Redis sets (each against a
+ *      fresh redis-server this program starts), LMDB
  *   7. phases: one engine in a forked child
  *   8. results: the table, JSON
  *   9. redis-server, signals, main
@@ -33,6 +35,7 @@
  * load-100 (dropped), load-1 (kept), add, remove, contains, contains-big,
  * get, get-big, count, verify, close/save (disk), reopen. Every answer
  * read is compared with the model; a wrong one aborts the whole run.
+ * Redis sets cannot page in id order: they skip get and get-big ("-").
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -63,6 +66,7 @@
 #include <lmdb.h>
 
 #include "kvidx.h"
+#define BENCH_FILES
 #include "bench.h"
 
 /* ==== 1. options and constants ========================================= */
@@ -80,7 +84,7 @@
 #define MID_MAX 5000
 #define BIG_SHUFFLE_PCT 2 /* % of a big list's ids swapped out of ascending order */
 #define VERIFY_CAP 1024   /* ids per call when verifying whole lists */
-#define PATH_CAP 4096
+#define PATH_CAP BENCH_PATH_CAP
 
 static uint64_t g_lists = 100000; /* small lists (plus g_big_lists big ones) */
 static uint64_t g_big_lists = 5;
@@ -471,61 +475,6 @@ static int cmp_by_key(const void *a, const void *b) { return cmp_u64(&g_key[*(co
 
 /* ==== 4. files and memory =============================================== */
 
-static void path_join(char *out, const char *a, const char *b) {
-    if (snprintf(out, PATH_CAP, "%s/%s", a, b) >= PATH_CAP) fail("path too long: %s/%s", a, b);
-}
-
-static void mkdir_p(const char *path) {
-    char p[PATH_CAP];
-    size_t i, len = strlen(path);
-    if (len >= sizeof p) fail("path too long: %s", path);
-    memcpy(p, path, len + 1);
-    for (i = 1; i <= len; i++) {
-        if (p[i] != '/' && p[i] != '\0') continue;
-        p[i] = '\0';
-        if (mkdir(p, 0755) && errno != EEXIST) fail("mkdir %s: %s", p, strerror(errno));
-        if (i < len) p[i] = '/';
-    }
-}
-
-static int rm_cb(const char *p, const struct stat *st, int type, struct FTW *f) {
-    (void)st, (void)type, (void)f;
-    if (remove(p)) fail("remove %s: %s", p, strerror(errno));
-    return 0;
-}
-
-/* rm -r path; a missing path is fine. */
-static void rm_tree(const char *path) {
-    struct stat st;
-    if (lstat(path, &st) && errno == ENOENT) return;
-    if (nftw(path, rm_cb, 16, FTW_DEPTH | FTW_PHYS)) fail("remove %s: %s", path, strerror(errno));
-}
-
-/* What du_cb adds up (nftw has no user pointer). */
-static struct {
-    uint64_t blocks; /* st_blocks * 512 of every file */
-    uint64_t l, ls;  /* st_size of the kvidx list logs (*.l) and snapshots (*.ls) */
-} g_du;
-
-static int ends_with(const char *s, const char *suf) {
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && !strcmp(s + a - b, suf);
-}
-
-static int du_cb(const char *p, const struct stat *st, int type, struct FTW *f) {
-    (void)f;
-    if (type != FTW_F) return 0;
-    g_du.blocks += (uint64_t)st->st_blocks * 512;
-    if (ends_with(p, ".l")) g_du.l += (uint64_t)st->st_size;
-    if (ends_with(p, ".ls")) g_du.ls += (uint64_t)st->st_size;
-    return 0;
-}
-
-static void du(const char *path) {
-    memset(&g_du, 0, sizeof g_du);
-    if (nftw(path, du_cb, 16, FTW_PHYS)) fail("walk %s: %s", path, strerror(errno));
-}
-
 static uint64_t file_size(const char *path) {
     struct stat st;
     if (stat(path, &st)) fail("stat %s: %s", path, strerror(errno));
@@ -596,7 +545,7 @@ typedef struct engine {
     void (*add)(db *d, const opset *o);
     void (*remove)(db *d, const opset *o);
     void (*contains)(db *d, const opset *o);
-    void (*get)(db *d, const opset *o); /* adds to g_page_ids */
+    void (*get)(db *d, const opset *o); /* adds to g_page_ids; NULL: cannot page in id order */
     void (*count)(db *d, const opset *o);
     void (*verify)(db *d, const pop *p); /* untimed: every list, every id, no extra list */
     double (*ram)(db *d);                /* bytes its lists take in memory now */
@@ -622,7 +571,7 @@ static void kv_open_dir(db *d, const char *dir) {
 }
 
 static void kv_open(db *d, const char *dir) {
-    rm_tree(dir);
+    bench_rm_tree(dir);
     kv_open_dir(d, dir);
 }
 
@@ -786,10 +735,14 @@ static double kv_ram(db *d) {
 
 /* ---- Redis --------------------------------------------------------------- */
 
-/* A sorted set per list: member = the id in decimal, score = the id
- * (exact in a double below 2^53), so score order is id order. Keys are
- * the list key's 8 bytes. Every timed phase pipelines PIPE commands:
- * one command per round trip would time the loopback, not Redis. */
+/* Two engines. "redis": a sorted set per list: member = the id in
+ * decimal, score = the id (exact in a double below 2^53), so score order
+ * is id order. "redis-set": a plain set per list, member = the id in
+ * decimal (an intset up to set-max-intset-entries, 512 by default, then
+ * a hash table); no order, so no get. Keys are the list key's 8 bytes.
+ * Each engine gets a fresh redis-server (main). Every timed phase
+ * pipelines PIPE commands: one command per round trip would time the
+ * loopback, not Redis. */
 
 static int g_redis_port;
 static char g_redis_dir[PATH_CAP];
@@ -916,7 +869,8 @@ static void rd_drain_ints(db *d, const long long *want, int pending, const char 
     }
 }
 
-static void rd_load(db *d, const pop *p, int batch) {
+/* verb (ZADD or SADD) with each id `times` times (ZADD: score, member). */
+static void rd_load_verb(db *d, const pop *p, int batch, const char *verb, int times) {
     rcmd *c = xmalloc(sizeof *c);
     long long want[PIPE];
     int pending = 0, depth = batch ? PIPE_BATCH : PIPE;
@@ -926,27 +880,31 @@ static void rd_load(db *d, const pop *p, int batch) {
         const uint64_t *ids = p->load + p->ch_pos[ch];
         uint32_t n = p->ch_n[ch];
         if (batch) {
-            rcmd_start(c, "ZADD", key);
-            for (j = 0; j < n; j++) rcmd_id(c, (int)j, ids[j], 2);
+            rcmd_start(c, verb, key);
+            for (j = 0; j < n; j++) rcmd_id(c, (int)j, ids[j], times);
             rd_send(d, c);
             want[pending++] = n;
-            if (pending == depth) rd_drain_ints(d, want, pending, "ZADD"), pending = 0;
+            if (pending == depth) rd_drain_ints(d, want, pending, verb), pending = 0;
         } else {
             for (j = 0; j < n; j++) {
-                rcmd_start(c, "ZADD", key);
-                rcmd_id(c, 0, ids[j], 2);
+                rcmd_start(c, verb, key);
+                rcmd_id(c, 0, ids[j], times);
                 rd_send(d, c);
                 want[pending++] = 1;
-                if (pending == depth) rd_drain_ints(d, want, pending, "ZADD"), pending = 0;
+                if (pending == depth) rd_drain_ints(d, want, pending, verb), pending = 0;
             }
         }
     }
-    rd_drain_ints(d, want, pending, "ZADD");
+    rd_drain_ints(d, want, pending, verb);
     free(c);
 }
 
-/* ZADD / ZREM of one id per op, pipelined; integer reply = op->expect. */
-static void rd_write(db *d, const opset *o, const char *verb) {
+static void rd_load(db *d, const pop *p, int batch) { rd_load_verb(d, p, batch, "ZADD", 2); }
+static void rs_load(db *d, const pop *p, int batch) { rd_load_verb(d, p, batch, "SADD", 1); }
+
+/* ZADD / ZREM / SADD / SREM of one id per op (ZADD: `times` 2, score and
+ * member), pipelined; integer reply = op->expect. */
+static void rd_write(db *d, const opset *o, const char *verb, int times) {
     rcmd *c = xmalloc(sizeof *c);
     long long want[PIPE];
     uint64_t i, j, m;
@@ -955,7 +913,7 @@ static void rd_write(db *d, const opset *o, const char *verb) {
         for (j = 0; j < m; j++) {
             const op *p = &o->v[i + j];
             rcmd_start(c, verb, g_key[p->list]);
-            rcmd_id(c, 0, p->id, verb[1] == 'A' ? 2 : 1);
+            rcmd_id(c, 0, p->id, times);
             rd_send(d, c);
             want[j] = p->expect;
         }
@@ -964,8 +922,10 @@ static void rd_write(db *d, const opset *o, const char *verb) {
     free(c);
 }
 
-static void rd_add(db *d, const opset *o) { rd_write(d, o, "ZADD"); }
-static void rd_remove(db *d, const opset *o) { rd_write(d, o, "ZREM"); }
+static void rd_add(db *d, const opset *o) { rd_write(d, o, "ZADD", 2); }
+static void rd_remove(db *d, const opset *o) { rd_write(d, o, "ZREM", 1); }
+static void rs_add(db *d, const opset *o) { rd_write(d, o, "SADD", 1); }
+static void rs_remove(db *d, const opset *o) { rd_write(d, o, "SREM", 1); }
 
 static void rd_contains(db *d, const opset *o) {
     rcmd *c = xmalloc(sizeof *c);
@@ -989,6 +949,26 @@ static void rd_contains(db *d, const opset *o) {
                 fail("ZSCORE: reply type %d", r->type);
             }
             freeReplyObject(r);
+        }
+    }
+    free(c);
+}
+
+/* SISMEMBER: integer 1 or 0. */
+static void rs_contains(db *d, const opset *o) {
+    rcmd *c = xmalloc(sizeof *c);
+    uint64_t i, j, m;
+    for (i = 0; i < o->n; i += m) {
+        m = o->n - i < PIPE ? o->n - i : PIPE;
+        for (j = 0; j < m; j++) {
+            rcmd_start(c, "SISMEMBER", g_key[o->v[i + j].list]);
+            rcmd_id(c, 0, o->v[i + j].id, 1);
+            rd_send(d, c);
+        }
+        for (j = 0; j < m; j++) {
+            long long v = rd_int(d);
+            if (v != 0 && v != 1) fail("SISMEMBER %" PRIu64 ": reply %lld", o->v[i + j].id, v);
+            check_contains(&o->v[i + j], (int)v);
         }
     }
     free(c);
@@ -1040,13 +1020,14 @@ static void rd_get(db *d, const opset *o) {
     free(c);
 }
 
-static void rd_count(db *d, const opset *o) {
+/* ZCARD or SCARD. */
+static void rd_count_verb(db *d, const opset *o, const char *verb) {
     rcmd *c = xmalloc(sizeof *c);
     uint64_t i, j, m;
     for (i = 0; i < o->n; i += m) {
         m = o->n - i < PIPE ? o->n - i : PIPE;
         for (j = 0; j < m; j++) {
-            rcmd_start(c, "ZCARD", g_key[o->v[i + j].list]);
+            rcmd_start(c, verb, g_key[o->v[i + j].list]);
             rd_send(d, c);
         }
         for (j = 0; j < m; j++) {
@@ -1057,16 +1038,26 @@ static void rd_count(db *d, const opset *o) {
     free(c);
 }
 
-/* Untimed: DBSIZE, then ZRANGE 0 -1 of every list. */
-static void rd_verify(db *d, const pop *p) {
-    rcmd *c = xmalloc(sizeof *c);
+static void rd_count(db *d, const opset *o) { rd_count_verb(d, o, "ZCARD"); }
+static void rs_count(db *d, const opset *o) { rd_count_verb(d, o, "SCARD"); }
+
+/* DBSIZE must be the number of non-empty lists of p. */
+static void rd_check_dbsize(db *d, const pop *p) {
     const char *dbsize[1] = {"DBSIZE"};
     redisReply *r = rd_cmd(d, 1, dbsize);
-    uint64_t i, j, m, lists = 0;
+    uint64_t i, lists = 0;
     for (i = 0; i < p->n; i++) lists += pop_len(p, i) > 0;
     if (r->type != REDIS_REPLY_INTEGER || (uint64_t)r->integer != lists)
         fail("DBSIZE %lld, expected %" PRIu64, r->integer, lists);
     freeReplyObject(r);
+}
+
+/* Untimed: DBSIZE, then ZRANGE 0 -1 of every list. */
+static void rd_verify(db *d, const pop *p) {
+    rcmd *c = xmalloc(sizeof *c);
+    redisReply *r;
+    uint64_t i, j, m;
+    rd_check_dbsize(d, p);
     for (i = 0; i < p->n; i += m) {
         m = p->n - i < PIPE ? p->n - i : PIPE;
         for (j = 0; j < m; j++) {
@@ -1092,6 +1083,45 @@ static void rd_verify(db *d, const pop *p) {
     free(c);
 }
 
+/* Untimed: DBSIZE, then SMEMBERS of every list (any order: sorted here). */
+static void rs_verify(db *d, const pop *p) {
+    rcmd *c = xmalloc(sizeof *c);
+    uint64_t i, j, m, cap = 0, *buf = NULL;
+    rd_check_dbsize(d, p);
+    for (i = 0; i < p->n; i += m) {
+        m = p->n - i < PIPE ? p->n - i : PIPE;
+        for (j = 0; j < m; j++) {
+            rcmd_start(c, "SMEMBERS", p->key[i + j]);
+            rd_send(d, c);
+        }
+        for (j = 0; j < m; j++) {
+            const uint64_t *want = pop_ids(p, i + j);
+            redisReply *r = rd_reply(d);
+            size_t k;
+            if (r->type != REDIS_REPLY_ARRAY || r->elements != pop_len(p, i + j))
+                fail("list %016" PRIx64 ": SMEMBERS: %zu ids, expected %" PRIu64, p->key[i + j], r->elements,
+                     pop_len(p, i + j));
+            if (r->elements > cap) {
+                free(buf);
+                cap = r->elements;
+                buf = xmalloc((size_t)cap * sizeof *buf);
+            }
+            for (k = 0; k < r->elements; k++) {
+                if (r->element[k]->type != REDIS_REPLY_STRING) fail("SMEMBERS: element type %d", r->element[k]->type);
+                buf[k] = dec_u64(r->element[k]->str, r->element[k]->len);
+            }
+            qsort(buf, r->elements, sizeof *buf, cmp_u64);
+            for (k = 0; k < r->elements; k++)
+                if (buf[k] != want[k])
+                    fail("list %016" PRIx64 ": sorted member %zu is %" PRIu64 ", expected %" PRIu64, p->key[i + j], k,
+                         buf[k], want[k]);
+            freeReplyObject(r);
+        }
+    }
+    free(buf);
+    free(c);
+}
+
 static double rd_ram(db *d) { return rd_info(d, "memory", "used_memory") - d->ram_base; }
 
 /* BGSAVE, wait for it, the size of dump.rdb. Bounded by time. */
@@ -1113,7 +1143,7 @@ static uint64_t rd_save(db *d, uint64_t *blocks) {
         if (!strstr(r->str, "rdb_last_bgsave_status:ok")) fail("BGSAVE failed (see %s/redis.log)", g_redis_dir);
         freeReplyObject(r);
     }
-    path_join(path, g_redis_dir, "dump.rdb");
+    bench_path_join(path, g_redis_dir, "dump.rdb");
     if (stat(path, &st)) fail("stat %s: %s", path, strerror(errno));
     *blocks = (uint64_t)st.st_blocks * 512;
     return (uint64_t)st.st_size;
@@ -1133,7 +1163,7 @@ static void lm_check(int rc, const char *what) {
 static void lm_open_dir(db *d, const char *dir) {
     MDB_txn *t;
     snprintf(d->dir, sizeof d->dir, "%s", dir);
-    mkdir_p(dir);
+    bench_mkdir_p(dir);
     lm_check(mdb_env_create(&d->env), "mdb_env_create");
     lm_check(mdb_env_set_mapsize(d->env, (size_t)LMDB_MAPSIZE), "mdb_env_set_mapsize");
     lm_check(mdb_env_open(d->env, dir, MDB_NOSYNC | MDB_NOMETASYNC, 0644), "mdb_env_open");
@@ -1147,7 +1177,7 @@ static void lm_open_dir(db *d, const char *dir) {
 }
 
 static void lm_open(db *d, const char *dir) {
-    rm_tree(dir);
+    bench_rm_tree(dir);
     lm_open_dir(d, dir);
 }
 
@@ -1337,20 +1367,23 @@ static void lm_verify(db *d, const pop *p) {
 /* The data file: LMDB's memory is this file, mapped. */
 static double lm_ram(db *d) {
     char path[PATH_CAP];
-    path_join(path, d->dir, "data.mdb");
+    bench_path_join(path, d->dir, "data.mdb");
     return (double)file_size(path);
 }
 
 /* ---- the table ------------------------------------------------------------ */
 
-#define NENG 3
-enum { E_KVIDX, E_REDIS, E_LMDB };
+#define NENG 4
+enum { E_KVIDX, E_REDIS, E_RSET, E_LMDB };
 static const engine g_engines[NENG] = {
     {"kvidx", kv_open, kv_close, kv_load, kv_add, kv_remove, kv_contains, kv_get, kv_count, kv_verify, kv_ram},
     {"redis", rd_open, rd_close, rd_load, rd_add, rd_remove, rd_contains, rd_get, rd_count, rd_verify, rd_ram},
+    {"redis-set", rd_open, rd_close, rs_load, rs_add, rs_remove, rs_contains, NULL, rs_count, rs_verify, rd_ram},
     {"lmdb", lm_open, lm_close, lm_load, lm_add, lm_remove, lm_contains, lm_get, lm_count, lm_verify, lm_ram},
 };
 static int g_sel[NENG];
+
+static int is_redis(int ei) { return ei == E_REDIS || ei == E_RSET; }
 
 /* ==== 7. phases ========================================================== */
 
@@ -1414,7 +1447,7 @@ static void timed(const char *name, db *d, void (*fn)(db *, const opset *), cons
 /* A get phase: pages/s and ids/s. */
 static void timed_get(const char *name, db *d, const engine *e, const opset *o, result *res, int mp, int mi) {
     double t;
-    if (!o->n) return;
+    if (!o->n || !e->get) return;
     phase(name);
     g_page_ids = 0;
     t = bench_now_s();
@@ -1438,14 +1471,14 @@ static void run_engine(int ei, result *res) {
     double heap0, r, t;
     db d;
 
-    path_join(base, g_dir, e->name);
-    rm_tree(base);
-    mkdir_p(base);
+    bench_path_join(base, g_dir, e->name);
+    bench_rm_tree(base);
+    bench_mkdir_p(base);
 
     /* Per-list overhead: MINI_LISTS lists of 1..MINI_MAX ids, one id per call. */
     phase("mini");
     memset(&d, 0, sizeof d);
-    path_join(dir, base, "mini");
+    bench_path_join(dir, base, "mini");
     e->open(&d, dir);
     load_timed(e, &d, &g_mini, 0);
     r = e->ram(&d);
@@ -1455,11 +1488,11 @@ static void run_engine(int ei, result *res) {
     phase("mini-verify");
     e->verify(&d, &g_mini);
     e->close(&d);
-    rm_tree(dir);
+    bench_rm_tree(dir);
 
     /* load-100: a database of its own, checked whole, then dropped. */
     phase("load-100");
-    path_join(dir, base, "load100");
+    bench_path_join(dir, base, "load100");
     e->open(&d, dir);
     res->v[M_LOAD100] = load_timed(e, &d, &g_orig, 1);
     progress(res->v[M_LOAD100], "ids/s");
@@ -1467,18 +1500,18 @@ static void run_engine(int ei, result *res) {
     phase("load-100-verify");
     e->verify(&d, &g_orig);
     e->close(&d);
-    rm_tree(dir);
+    bench_rm_tree(dir);
 
     /* load-1: the database every later phase uses. */
     phase("load-1");
-    path_join(dir, base, "main");
+    bench_path_join(dir, base, "main");
     e->open(&d, dir);
     heap0 = heap_bytes();
     res->v[M_LOAD1] = load_timed(e, &d, &g_orig, 0);
     progress(res->v[M_LOAD1], "ids/s");
     res->v[M_RAM] = e->ram(&d) / (double)g_orig.total;
     if (ei == E_KVIDX) res->v[M_HEAP] = (heap_bytes() - heap0) / (double)g_orig.total;
-    if (ei == E_REDIS) res->v[M_HEAP] = res->v[M_RAM];
+    if (is_redis(ei)) res->v[M_HEAP] = res->v[M_RAM];
     phase("ram");
     progress(res->v[M_RAM], "B/id");
 
@@ -1494,7 +1527,7 @@ static void run_engine(int ei, result *res) {
     e->verify(&d, &g_fin);
 
     phase("disk");
-    if (ei == E_REDIS) {
+    if (is_redis(ei)) {
         uint64_t blocks, sz = rd_save(&d, &blocks);
         res->v[M_DISK_LISTS] = res->v[M_DISK_SNAP] = (double)sz / (double)g_fin.total;
         res->v[M_DISK_DIR] = (double)blocks / (double)g_fin.total;
@@ -1511,23 +1544,23 @@ static void run_engine(int ei, result *res) {
         if (ei == E_LMDB) res->v[M_DISK_OPEN] = lm_ram(&d) / (double)g_fin.total;
         e->close(&d);
         sync();
-        du(dir);
+        bench_du(dir);
         if (ei == E_KVIDX) {
-            res->v[M_DISK_LISTS] = (double)(g_du.l + g_du.ls) / (double)g_fin.total;
-            res->v[M_DISK_SNAP] = (double)g_du.ls / (double)g_fin.total;
+            res->v[M_DISK_LISTS] = (double)(g_bench_du.l + g_bench_du.ls) / (double)g_fin.total;
+            res->v[M_DISK_SNAP] = (double)g_bench_du.ls / (double)g_fin.total;
             fprintf(stderr, "bench_lists: kvidx  after close: .l files %" PRIu64 " B, .ls files %" PRIu64
                             " B, directory %" PRIu64 " B allocated\n",
-                    g_du.l, g_du.ls, g_du.blocks);
+                    g_bench_du.l, g_bench_du.ls, g_bench_du.blocks);
         } else {
             char path[PATH_CAP];
-            path_join(path, dir, "data.mdb");
+            bench_path_join(path, dir, "data.mdb");
             res->v[M_DISK_LISTS] = (double)file_size(path) / (double)g_fin.total;
         }
-        res->v[M_DISK_DIR] = (double)g_du.blocks / (double)g_fin.total;
+        res->v[M_DISK_DIR] = (double)g_bench_du.blocks / (double)g_fin.total;
     }
     progress(res->v[M_DISK_LISTS], "B/id");
 
-    if (ei != E_REDIS) {
+    if (!is_redis(ei)) {
         /* Reopen: what the files hold, read back whole. */
         phase("reopen");
         memset(&d, 0, sizeof d);
@@ -1540,7 +1573,7 @@ static void run_engine(int ei, result *res) {
         e->verify(&d, &g_fin);
         e->close(&d);
     }
-    rm_tree(base);
+    bench_rm_tree(base);
 }
 
 static pid_t g_child_pid = -1; /* the engine child running now (signal handler) */
@@ -1642,12 +1675,17 @@ static const char *g_config[NENG] = {
     "kvidx_options_init defaults (8 shards, background fdatasync every 1000 ms); load-1 and the write "
     "phases: kvidx_list_add/remove of one id per call; load-100: one kvidx_list_add of up to 100 ids "
     "(one list) per call; reads: one call each",
-    "redis-server started by this program on 127.0.0.1 (--save '' --appendonly no: no persistence runs "
-    "during the measurements), one connection (hiredis), every timed phase pipelined 100 commands deep "
+    "a fresh redis-server started by this program on 127.0.0.1 (--save '' --appendonly no: no persistence "
+    "runs during the measurements), one connection (hiredis), every timed phase pipelined 100 commands deep "
     "(single round trips would time the loopback); a ZSET per list: member = the id in decimal, score = "
     "the id; load-1/add: ZADD of 1 id; load-100: ZADD of up to 100 ids, 10 in flight; remove: ZREM; "
     "contains: ZSCORE; get: ZRANGE k 0 99, get-big: ZRANGEBYSCORE k from +inf LIMIT 0 100; count: ZCARD; "
     "default encodings (listpack up to 128 members, then skiplist+hash)",
+    "as redis (its own fresh redis-server, same flags, same pipelining), a plain SET per list: member = "
+    "the id in decimal; load-1/add: SADD of 1 id; load-100: SADD of up to 100 ids, 10 in flight; remove: "
+    "SREM; contains: SISMEMBER; count: SCARD; no get/get-big ('-': a set cannot page in id order); "
+    "default encodings (intset up to set-max-intset-entries 512, int64 entries as ids reach 2^32, then a "
+    "hash table)",
     "one DB, MDB_DUPSORT|MDB_DUPFIXED|MDB_INTEGERKEY|MDB_INTEGERDUP (key and ids native uint64), env "
     "MDB_NOSYNC|MDB_NOMETASYNC, mapsize 64 GiB; writes in txns of 1000 ids (mdb_put MDB_NODUPDATA / "
     "mdb_del; load-100: mdb_cursor_put MDB_MULTIPLE of up to 100 ids); reads: one read txn, "
@@ -1772,6 +1810,12 @@ static void print_population(FILE *f) {
             g_fin_lists, g_fin.total, g_mini.n, MINI_MAX, g_mini.total, g_seed);
 }
 
+/* Width of the kvidx/<engine> column: at least 12. */
+static int ratio_width(int e) {
+    int w = (int)strlen("kvidx/") + (int)strlen(g_engines[e].name);
+    return w < 12 ? 12 : w;
+}
+
 static void print_table(void) {
     char b1[64];
     int e, m;
@@ -1786,8 +1830,12 @@ static void print_table(void) {
     printf("%-14s %-7s %-6s", "phase", "unit", "better");
     for (e = 0; e < NENG; e++)
         if (g_sel[e]) printf(" %13s", g_engines[e].name);
-    for (e = 1; e < NENG; e++)
-        if (g_sel[E_KVIDX] && g_sel[e]) printf(" %12s", e == E_REDIS ? "kvidx/redis" : "kvidx/lmdb");
+    for (e = 1; e < NENG; e++) {
+        char head[32];
+        if (!g_sel[E_KVIDX] || !g_sel[e]) continue;
+        snprintf(head, sizeof head, "kvidx/%s", g_engines[e].name);
+        printf(" %*s", ratio_width(e), head);
+    }
     printf("\n");
     for (m = 0; m < M_COUNT_METRICS; m++) {
         const struct metric *mt = &g_metrics[m];
@@ -1798,8 +1846,8 @@ static void print_table(void) {
         for (e = 1; e < NENG; e++) {
             double q = ratio(e, m);
             if (!g_sel[E_KVIDX] || !g_sel[e]) continue;
-            if (q >= 0) printf(" %12.2f", q);
-            else printf(" %12s", "-");
+            if (q >= 0) printf(" %*.2f", ratio_width(e), q);
+            else printf(" %*s", ratio_width(e), "-");
         }
         printf("\n");
     }
@@ -1810,7 +1858,7 @@ static void print_table(void) {
     for (e = 0; e < NENG; e++) {
         char head[32];
         if (!g_sel[e]) continue;
-        snprintf(head, sizeof head, "  %-7s ", g_engines[e].name);
+        snprintf(head, sizeof head, "  %-9s ", g_engines[e].name);
         print_wrapped(head, g_config[e], 108);
     }
     printf(
@@ -1823,8 +1871,9 @@ static void print_table(void) {
         "  (lists left empty disappear). contains: uniform random list, half hits, half random ids;\n"
         "  contains-big / get-big: the big lists only; get: the first page (100 ids) of a uniform random list;\n"
         "  get-big: the page of 100 ids from a random id; count: uniform random list.\n"
-        "  ram: kvidx kvidx_stats.list_ram_bytes / ids; Redis INFO used_memory delta / ids; LMDB data.mdb size\n"
-        "  / ids (its memory is that file, mapped) -- after load-1; ram-load-100: the same after load-100.\n"
+        "  ram: kvidx kvidx_stats.list_ram_bytes / ids; Redis (both engines) INFO used_memory delta / ids;\n"
+        "  LMDB data.mdb size / ids (its memory is that file, mapped) -- after load-1; ram-load-100: the same\n"
+        "  after load-100.\n"
         "  heap: kvidx: the process's malloc'd bytes (mallinfo2 uordblks + hblkhd) before and after load-1, /\n"
         "  ids; Redis: used_memory again (its heap).\n"
         "  disk-*: after the phases (ids = the final count). disk-unclosed: still open, before close: kvidx\n"
@@ -1900,7 +1949,7 @@ static void redis_start(void) {
     if (snprintf(tmpl, sizeof tmpl, "%s/redis-XXXXXX", g_dir) >= (int)sizeof tmpl) fail("path too long");
     if (!mkdtemp(tmpl)) fail("mkdtemp %s: %s", tmpl, strerror(errno));
     snprintf(g_redis_dir, sizeof g_redis_dir, "%s", tmpl);
-    path_join(log, g_redis_dir, "redis.log");
+    bench_path_join(log, g_redis_dir, "redis.log");
     for (attempt = 0; attempt < 3; attempt++) {
         pid_t pid;
         g_redis_port = free_port();
@@ -1950,17 +1999,18 @@ static void redis_start(void) {
 static void usage(const char *argv0) {
     fprintf(stderr,
             "usage: %s [--lists N] [--big-lists N] [--big-ids N] [--ops N] [--seed X]\n"
-            "          [--engines kvidx,redis,lmdb] [--dir D] [--timeout S] [--json]\n"
+            "          [--engines kvidx,redis,redis-set,lmdb] [--dir D] [--timeout S] [--json]\n"
             "  --lists N      lists of 1-100 ids (0.5%% of them 101-5000; default 100000)\n"
             "  --big-lists N  big lists (default 5)\n"
             "  --big-ids N    ids per big list (default 200000)\n"
             "  --ops N        contains and count ops per phase; add, remove, get: N/5; contains-big:\n"
             "                 N/2; get-big: N/10 (default 1000000)\n"
             "  --seed X       population and operation seed (default 42)\n"
-            "  --engines      comma-separated subset (default all three)\n"
+            "  --engines      comma-separated subset (default all four; redis = sorted sets,\n"
+            "                 redis-set = plain sets)\n"
             "  --dir D        data directory, one subdirectory per engine, removed at the end\n"
             "                 (default bench/data/lists)\n"
-            "  --timeout S    the whole run is killed after S seconds (default 300 at the default\n"
+            "  --timeout S    the whole run is killed after S seconds (default 400 at the default\n"
             "                 size, more in proportion to a larger population)\n"
             "  --json         print one JSON object on stdout instead of the table\n",
             argv0);
@@ -1975,7 +2025,7 @@ static void parse_engines(const char *list) {
     memset(g_sel, 0, sizeof g_sel);
     for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         for (e = 0; e < NENG && strcmp(tok, g_engines[e].name); e++) {}
-        if (e == NENG) fail("--engines: unknown engine '%s' (kvidx, redis, lmdb)", tok);
+        if (e == NENG) fail("--engines: unknown engine '%s' (kvidx, redis, redis-set, lmdb)", tok);
         g_sel[e] = 1;
     }
 }
@@ -2013,11 +2063,12 @@ int main(int argc, char **argv) {
     for (e = 0; e < NENG; e++) any |= g_sel[e];
     if (!any) fail("--engines: none selected");
 
-    /* Everything is bounded by the alarm, whatever hangs: 300 s for the
-     * default ~3.7M ids (which take about a minute), in proportion above. */
+    /* Everything is bounded by the alarm, whatever hangs: 400 s for the
+     * default ~3.7M ids (which take about a minute with the four
+     * engines), in proportion above. */
     if (!g_timeout) {
         double ids = 28.0 * (double)g_lists + (double)g_big_lists * (double)g_big_ids;
-        g_timeout = (unsigned)(300.0 * (ids > 3.7e6 ? ids / 3.7e6 : 1.0));
+        g_timeout = (unsigned)(400.0 * (ids > 3.7e6 ? ids / 3.7e6 : 1.0));
     }
     signal(SIGALRM, on_signal);
     signal(SIGINT, on_signal);
@@ -2026,7 +2077,7 @@ int main(int argc, char **argv) {
     atexit(redis_stop);
 
     read_versions();
-    mkdir_p(g_dir);
+    bench_mkdir_p(g_dir);
     fprintf(stderr, "bench_lists: generating the population (seed %" PRIu64 ")\n", g_seed);
     make_populations();
     make_ops();
@@ -2036,16 +2087,24 @@ int main(int argc, char **argv) {
     print_population(stderr);
     fprintf(stderr, "bench_lists: generated in %.1f s\n", bench_now_s() - t0);
 
-    if (g_sel[E_REDIS]) {
-        redis_start();
-        fprintf(stderr, "bench_lists: redis-server %s on 127.0.0.1:%d, dir %s\n", g_ver_redis, g_redis_port,
-                g_redis_dir);
-    }
     for (e = 0; e < NENG; e++) {
-        int m;
+        int m, rc;
         for (m = 0; m < M_COUNT_METRICS; m++) g_res[e].v[m] = -1;
         if (!g_sel[e]) continue;
-        if (run_child(e, &g_res[e])) {
+        if (is_redis(e)) { /* a fresh server per Redis engine: neither inherits the other's heap */
+            g_engine = g_engines[e].name, g_phase = "redis-server";
+            redis_start();
+            fprintf(stderr, "bench_lists: redis-server %s on 127.0.0.1:%d, dir %s (%s)\n", g_ver_redis,
+                    g_redis_port, g_redis_dir, g_engines[e].name);
+            g_engine = "bench", g_phase = "setup";
+        }
+        rc = run_child(e, &g_res[e]);
+        if (is_redis(e)) {
+            redis_stop();
+            bench_rm_tree(g_redis_dir);
+            g_redis_dir[0] = '\0';
+        }
+        if (rc) {
             g_engine = g_engines[e].name, g_phase = "run";
             if (g_stopped) fprintf(stderr, "bench_lists: %s stopped by the signal\n", g_engines[e].name);
             else fprintf(stderr, "bench_lists: %s failed (see above); run stopped\n", g_engines[e].name);
@@ -2056,10 +2115,10 @@ int main(int argc, char **argv) {
     redis_stop();
     for (e = 0; e < NENG; e++) {
         char p[PATH_CAP];
-        path_join(p, g_dir, g_engines[e].name);
-        rm_tree(p);
+        bench_path_join(p, g_dir, g_engines[e].name);
+        bench_rm_tree(p);
     }
-    if (g_redis_dir[0]) rm_tree(g_redis_dir);
+    if (g_redis_dir[0]) bench_rm_tree(g_redis_dir);
     rmdir(g_dir); /* only if empty: --dir may name a directory holding other things */
     if (failed) return g_stopped == SIGALRM ? 3 : g_stopped ? 130 : 1;
 
