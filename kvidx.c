@@ -1465,6 +1465,7 @@ typedef struct vs_shard {
     uint64_t lsnap_bytes;  /* size of the snapshot */
     uint64_t lsnap_retry;  /* lpos before which writes try no snapshot (after a failure) */
     uint64_t lwrites;      /* list changes since open */
+    uint64_t compactions;  /* since open */
     uint8_t *lbuf;         /* scratch: a list log record being encoded */
     size_t lbuf_cap;
 } vs_shard;
@@ -2933,18 +2934,18 @@ static void ls_out_lists(ls_out *o, const ls_node *nd, uint64_t *prev_key, int *
     }
 }
 
-/* Writes the snapshot of all of s's lists (temporary, sync, rename, sync
- * the directory), then empties the log. Writer (s->mu held). A failure
- * before the rename leaves the log as it was: nothing is lost. */
-static int ls_snapshot(kvidx *db, vs_shard *s) {
+/* Writes the snapshot of all of s's lists as generation gen's
+ * (temporary, sync, rename, sync the directory); *bytes = its size.
+ * Writer (s->mu held). On failure no snapshot of gen changed. */
+static int ls_snapshot_write(kvidx *db, vs_shard *s, uint32_t gen, uint64_t *bytes) {
     char name[48], tmp[48];
     uint8_t h[LS_SNAP_HDR];
     uint64_t prev_key = 0;
     int first = 1, rc;
     ls_out *o = NULL;
     void *mem = NULL;
-    ls_name(name, sizeof name, s, "ls");
-    ls_name(tmp, sizeof tmp, s, "ls.tmp");
+    snprintf(name, sizeof name, "s%04u.%u.ls", (unsigned)s->id, (unsigned)gen);
+    snprintf(tmp, sizeof tmp, "s%04u.%u.ls.tmp", (unsigned)s->id, (unsigned)gen);
     /* XXH3_state_t wants 64-byte alignment: carve o out of a larger block. */
     if (!(mem = os_malloc(sizeof *o + 64))) return KVIDX_ENOMEM;
     o = (ls_out *)(((uintptr_t)mem + 63) & ~(uintptr_t)63);
@@ -2959,7 +2960,7 @@ static int ls_snapshot(kvidx *db, vs_shard *s) {
     XXH3_64bits_reset_withSeed(&o->h, CK_SEED_SNAP);
     if (s->lroot) ls_out_lists(o, s->lroot, &prev_key, &first);
     ls_out_flush(o);
-    vs_fhdr_encode(h, LS_MAGIC_S, s->id, db->nshards, s->gen);
+    vs_fhdr_encode(h, LS_MAGIC_S, s->id, db->nshards, gen);
     put_le64(h + 24, s->lsn);
     put_le64(h + 32, s->lists);
     put_le64(h + 40, s->lids);
@@ -2971,13 +2972,20 @@ static int ls_snapshot(kvidx *db, vs_shard *s) {
     os_close(o->fd);
     if (!rc) rc = os_rc(os_renameat(db->dirfd, tmp, name));
     if (!rc) rc = os_rc(os_fsync(db->dirfd));
-    if (!rc) s->lsnap_bytes = o->off, s->lsnap_retry = 0;
+    if (!rc) *bytes = o->off;
     os_free(o->buf);
     os_free(mem);
-    if (rc) {
-        os_unlinkat(db->dirfd, tmp);
-        return rc;
-    }
+    if (rc) os_unlinkat(db->dirfd, tmp);
+    return rc;
+}
+
+/* Writes the snapshot of all of s's lists, then empties the log. Writer
+ * (s->mu held). A failure before the rename leaves the log as it was:
+ * nothing is lost. */
+static int ls_snapshot(kvidx *db, vs_shard *s) {
+    int rc = ls_snapshot_write(db, s, s->gen, &s->lsnap_bytes);
+    if (rc) return rc;
+    s->lsnap_retry = 0;
     return ls_log_cut(db, s, LS_LOG_HDR);
 }
 
@@ -3333,9 +3341,31 @@ static int db_find_gens(kvidx *db) {
         if (strcmp(canon, de->d_name) || id >= db->nshards || gen == 0) continue;
         if (gen > db->sh[id].gen) db->sh[id].gen = gen;
     }
-    closedir(d);
     for (i = 0; i < db->nshards; i++)
-        if (!db->sh[i].gen) return KVIDX_ECORRUPT;
+        if (!db->sh[i].gen) {
+            closedir(d);
+            return KVIDX_ECORRUPT;
+        }
+    /* A read-write open removes the files of every other generation: the
+     * old one of a compaction that committed, the new one of a compaction
+     * that did not. */
+    if (!(db->flags & KVIDX_RDONLY)) {
+        int removed = 0;
+        rewinddir(d);
+        while ((de = readdir(d))) {
+            unsigned id, gen;
+            int at = 0;
+            char canon[32];
+            if (sscanf(de->d_name, "s%4u.%u.%n", &id, &gen, &at) != 2 || !at || id >= db->nshards ||
+                gen == db->sh[id].gen)
+                continue;
+            snprintf(canon, sizeof canon, "s%04u.%u.", id, gen);
+            if (strncmp(canon, de->d_name, (size_t)at) || strlen(canon) != (size_t)at) continue;
+            removed += os_unlinkat(db->dirfd, de->d_name) == 0;
+        }
+        if (removed) (void)os_fsync(db->dirfd);
+    }
+    closedir(d);
     return KVIDX_OK;
 }
 
@@ -4062,6 +4092,253 @@ out:
 /* ======================================================================
  * 8. Maintenance
  * ====================================================================== */
+
+/* ---- compaction ---------------------------------------------------------
+ * A shard is compacted into its next generation: new files holding only
+ * what is live, written beside the old ones; the rename of the new
+ * buffer file (sNNNN.g+1.b.tmp -> .b) is the commit (open takes each
+ * shard's highest generation that has a buffer file, and deletes the
+ * files of any other). Readers go on throughout: the maps' entries are
+ * repointed at the new slots one side at a time through the Left-Right
+ * publish, each side with the store its slots refer to. Writers of the
+ * shard wait (it holds smu and mu); writers of other shards do not. */
+
+typedef struct cp_file {
+    int fd;
+    char name[48];
+} cp_file;
+
+/* The new generation being written. */
+typedef struct cp_gen {
+    uint32_t gen;
+    cp_file k, v, b, l;  /* b is written as .b.tmp */
+    vs_store *vs;        /* its store: bmap = the new buffer; vmap filled at the end */
+    uint8_t *kbuf;       /* key records being staged */
+    uint64_t nrec, kstaged, next_slot, bsec, lsnap;
+} cp_gen;
+
+#define CP_KBUF_RECS 32768u /* 1 MiB of key records per write */
+
+static int cp_open(kvidx *db, cp_file *f, uint32_t id, uint32_t gen, const char *ext) {
+    snprintf(f->name, sizeof f->name, "s%04u.%u.%s", (unsigned)id, (unsigned)gen, ext);
+    f->fd = os_open(db->dirfd, f->name, O_RDWR | O_CREAT | O_TRUNC, 0644);
+    return f->fd < 0 ? os_rc(f->fd) : KVIDX_OK;
+}
+
+/* Writes the staged key records. */
+static int cp_kflush(cp_gen *g) {
+    uint64_t n = g->kstaged;
+    int r;
+    if (!n) return KVIDX_OK;
+    r = os_pwrite(g->k.fd, g->kbuf, n * VS_REC, VS_PAGE + (g->nrec - n) * VS_REC);
+    g->kstaged = 0;
+    return os_rc(r);
+}
+
+/* Writes the new buffer's full section to the new value log. */
+static int cp_vflush(cp_gen *g) {
+    int r = os_pwrite(g->v.fd, g->vs->bmap + VS_PAGE, VS_VSEC_BYTES, VS_PAGE + g->bsec * VS_VSEC_BYTES);
+    if (r) return os_rc(r);
+    g->bsec++;
+    return KVIDX_OK;
+}
+
+/* Appends key's entry e (value at src, checked) to the new generation;
+ * *slot = its new slot. */
+static int cp_add(cp_gen *g, const lr_ent *e, const uint8_t *src, uint32_t epoch, uint32_t *slot) {
+    vs_rec r;
+    int rc;
+    r.key = e->key, r.len = e->len, r.flags = 0, r.vsum = e->vsum, r.epoch = epoch;
+    r.slot = VS_NOSLOT;
+    if (e->len) {
+        if ((g->next_slot >> VS_SEC_SHIFT) != g->bsec && (rc = cp_vflush(g))) return rc;
+        memcpy(g->vs->bmap + VS_PAGE + (g->next_slot & (VS_SEC_N - 1)) * VS_SLOT, src, e->len);
+        r.slot = (uint32_t)g->next_slot++;
+    }
+    vs_rec_encode(g->kbuf + g->kstaged * VS_REC, &r);
+    g->kstaged++, g->nrec++;
+    *slot = r.slot;
+    return g->kstaged == CP_KBUF_RECS ? cp_kflush(g) : KVIDX_OK;
+}
+
+/* Writes generation s->gen + 1 of shard s: the live values of map[side]
+ * in key order (keys[i] gets slots[i]), the list snapshot and an empty
+ * list log, all synced, the buffer file still under its temporary name.
+ * Writer (smu and mu held). */
+static int cp_write(kvidx *db, vs_shard *s, cp_gen *g, const uint64_t *keys, uint32_t *slots,
+                    uint64_t n) {
+    const lr_map *m = &s->map[s->lr->side];
+    uint8_t page[VS_PAGE];
+    vs_shard tmp;
+    vs_state st;
+    uint64_t i;
+    int rc, err = 0;
+    memset(page, 0, sizeof page);
+    vs_fhdr_encode(page, VS_MAGIC_K, s->id, db->nshards, g->gen);
+    vs_hdr_seal(page);
+    if ((rc = cp_open(db, &g->k, s->id, g->gen, "k")) || (rc = os_rc(os_pwrite(g->k.fd, page, VS_PAGE, 0))))
+        return rc;
+    vs_fhdr_encode(page, VS_MAGIC_V, s->id, db->nshards, g->gen);
+    vs_hdr_seal(page);
+    if ((rc = cp_open(db, &g->v, s->id, g->gen, "v")) || (rc = os_rc(os_pwrite(g->v.fd, page, VS_PAGE, 0))))
+        return rc;
+    if ((rc = cp_open(db, &g->b, s->id, g->gen, "b.tmp")) ||
+        (rc = os_rc(os_ftruncate(g->b.fd, VS_PAGE + VS_VSEC_BYTES))))
+        return rc;
+    g->vs->bmap = os_mmap(g->b.fd, 0, VS_PAGE + VS_VSEC_BYTES, 1, &err);
+    if (!g->vs->bmap) return os_rc(err);
+    if (!(g->kbuf = os_malloc(CP_KBUF_RECS * VS_REC))) return KVIDX_ENOMEM;
+    for (i = 0; i < n; i++) {
+        const lr_ent *e = lr_map_get(m, keys[i], ck_key(keys[i]));
+        const uint8_t *src = NULL;
+        if (!e) return KVIDX_EIO; /* the map's tree and table disagree: a bug */
+        if (e->len) {
+            src = vs_slot_ptr(s->vs, s->vs->bsec, e->slot);
+            if (ck_value(src, e->len) != e->vsum) { /* never copy damage into the new files */
+                db_log(db, "shard %u: compaction: the value of key %llu fails its checksum (slot %u)",
+                       (unsigned)s->id, (unsigned long long)keys[i], (unsigned)e->slot);
+                return KVIDX_ECORRUPT;
+            }
+        }
+        if ((rc = cp_add(g, e, src, s->st.epoch, &slots[i]))) return rc;
+    }
+    if ((rc = cp_kflush(g))) return rc;
+    /* A full last section goes to the log: the buffer then holds the next. */
+    if (g->next_slot && (g->next_slot >> VS_SEC_SHIFT) != g->bsec && (rc = cp_vflush(g))) return rc;
+    /* Always a snapshot, empty or not: it carries the list sequence number
+     * the new log's first record follows. */
+    if ((rc = ls_snapshot_write(db, s, g->gen, &g->lsnap))) return rc;
+    if ((rc = ls_create_log(db, s->id, g->gen))) return rc;
+    snprintf(g->l.name, sizeof g->l.name, "s%04u.%u.l", (unsigned)s->id, (unsigned)g->gen);
+    g->l.fd = os_open(db->dirfd, g->l.name, O_RDWR, 0);
+    if (g->l.fd < 0) return os_rc(g->l.fd);
+    memset(&tmp, 0, sizeof tmp);
+    tmp.id = s->id, tmp.gen = g->gen;
+    memset(&st, 0, sizeof st);
+    st.seq = 1, st.section = g->bsec, st.synced = g->nrec, st.epoch = s->st.epoch;
+    st.lsynced = LS_LOG_HDR;
+    vs_state_encode(g->vs->bmap, &tmp, db->nshards, &st);
+    g->vs->bsec = g->bsec;
+    for (i = 0; i < g->bsec; i += VS_VMAP_SECS)
+        if ((rc = vs_vmap_ensure(g->vs, g->v.fd, i))) return rc;
+    if ((rc = os_rc(os_fdatasync(g->k.fd))) || (rc = os_rc(os_fdatasync(g->v.fd))) ||
+        (rc = os_rc(os_msync(g->vs->bmap, VS_PAGE + VS_VSEC_BYTES))) || (rc = os_rc(os_fsync(g->b.fd))))
+        return rc;
+    return KVIDX_OK;
+}
+
+/* Unlinks the files of generation gen of shard id (those that exist). */
+static void cp_unlink_gen(kvidx *db, uint32_t id, uint32_t gen) {
+    static const char *const ext[] = {"k", "v", "b", "b.tmp", "l", "ls", "ls.tmp"};
+    unsigned i;
+    for (i = 0; i < sizeof ext / sizeof *ext; i++) {
+        char name[48];
+        snprintf(name, sizeof name, "s%04u.%u.%s", (unsigned)id, (unsigned)gen, ext[i]);
+        os_unlinkat(db->dirfd, name);
+    }
+}
+
+/* Points every entry of map m at its new slot (keys[i] -> slots[i]). */
+static void cp_repoint(lr_map *m, const uint64_t *keys, const uint32_t *slots, uint64_t n) {
+    uint64_t i;
+    for (i = 0; i < n; i++) {
+        lr_ent *e = lr_ht_find(&m->ht, keys[i], ck_key(keys[i]));
+        e->slot = slots[i];
+    }
+}
+
+/* Compacts shard s (see above). On failure before the commit the new
+ * files are removed and the shard goes on as it was; a failure to make
+ * the commit durable (the directory sync) leaves the shard on the new
+ * generation with a sticky write error. */
+static int vs_compact(kvidx *db, vs_shard *s) {
+    cp_gen g;
+    uint64_t *keys = NULL, n, got;
+    uint32_t *slots = NULL, old_gen = s->gen;
+    vs_store *old;
+    unsigned side;
+    int rc, kfd, vfd, bfd, lfd;
+    memset(&g, 0, sizeof g);
+    g.k.fd = g.v.fd = g.b.fd = g.l.fd = -1;
+    pthread_mutex_lock(&s->smu);
+    pthread_mutex_lock(&s->mu);
+    rc = s->err;
+    if (!rc && s->gen == UINT32_MAX) rc = KVIDX_EFULL;
+    n = s->map[s->lr->side].ht.n;
+    g.gen = s->gen + 1;
+    if (!rc && (!(keys = os_malloc(n * sizeof *keys)) || !(slots = os_malloc(n * sizeof *slots)) ||
+                !(g.vs = vs_store_new())))
+        rc = KVIDX_ENOMEM;
+    if (!rc) {
+        got = lr_bt_collect(&s->map[s->lr->side].bt, 0, UINT64_MAX, keys, n);
+        if (got != n) rc = KVIDX_EIO; /* the map's tree and table disagree: a bug */
+    }
+    if (!rc) rc = cp_write(db, s, &g, keys, slots, n);
+    if (!rc) {
+        char name[48];
+        snprintf(name, sizeof name, "s%04u.%u.b", (unsigned)s->id, (unsigned)g.gen);
+        rc = os_rc(os_renameat(db->dirfd, g.b.name, name)); /* the commit */
+    }
+    os_free(g.kbuf);
+    if (rc) {
+        os_close(g.k.fd), os_close(g.v.fd), os_close(g.b.fd), os_close(g.l.fd);
+        vs_store_free(g.vs);
+        cp_unlink_gen(db, s->id, g.gen);
+        pthread_mutex_unlock(&s->mu);
+        pthread_mutex_unlock(&s->smu);
+        os_free(keys), os_free(slots);
+        return rc;
+    }
+    /* Committed. Repoint the side readers do not use, publish it, wait for
+     * the readers of the other, repoint that one. */
+    side = s->lr->side;
+    cp_repoint(&s->map[side ^ 1], keys, slots, n);
+    __atomic_store_n(&s->rs[side ^ 1], g.vs, __ATOMIC_RELEASE);
+    __atomic_store_n(&s->lr->side, side ^ 1, __ATOMIC_SEQ_CST);
+    lr_wait_readers(s->lr);
+    cp_repoint(&s->map[side], keys, slots, n);
+    __atomic_store_n(&s->rs[side], g.vs, __ATOMIC_RELEASE);
+    old = s->vs;
+    kfd = s->kfd, vfd = s->vfd, bfd = s->bfd, lfd = s->lfd;
+    os_munmap(s->kmap, VS_KSEC_BYTES);
+    s->vs = g.vs;
+    s->kfd = g.k.fd, s->vfd = g.v.fd, s->bfd = g.b.fd, s->lfd = g.l.fd;
+    s->gen = g.gen;
+    s->kmap = NULL, s->ksec = UINT64_MAX;
+    s->kpos = s->durable = g.nrec;
+    s->kalloc = s->balloc = 0; /* the next writes reserve again */
+    s->next_slot = s->live_slots = g.next_slot;
+    s->st.seq = 1, s->st.section = g.bsec, s->st.synced = g.nrec; /* epoch stays */
+    s->st.lnone = 0;
+    s->hslot = 0, s->st_dirty = 0;
+    s->lpos = s->ldurable = s->st.lsynced = LS_LOG_HDR;
+    s->ltrunc++;
+    s->lsnap_bytes = g.lsnap, s->lsnap_retry = 0;
+    s->dseq = s->wseq;
+    s->vdirect = os_set_direct(s->vfd, 1) == 0;
+    s->compactions++;
+    if (os_fsync(db->dirfd)) rc = vs_fail_sync(s); /* the commit may not survive a power cut */
+    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&s->smu);
+    vs_store_free(old);
+    os_close(kfd), os_close(vfd), os_close(bfd), os_close(lfd);
+    cp_unlink_gen(db, s->id, old_gen);
+    (void)os_fsync(db->dirfd); /* if the unlinks come back after a power cut, open removes them */
+    os_free(keys), os_free(slots);
+    return rc;
+}
+
+int kvidx_compact(kvidx *db) {
+    uint32_t i;
+    int rc = db_check(db);
+    if (rc) return rc;
+    if (db->flags & KVIDX_RDONLY) return KVIDX_ERDONLY;
+    for (i = 0; i < db->nshards; i++) {
+        int r = vs_compact(db, &db->sh[i]);
+        if (r && !rc) rc = r;
+    }
+    return rc;
+}
 
 static uint64_t db_file_blocks(int fd, uint64_t *size) {
     struct stat st;

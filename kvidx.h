@@ -288,6 +288,20 @@ int kvidx_list_scan(kvidx *db, uint64_t from, uint64_t to, kvidx_list_scan_fn fn
 
 /* ---- maintenance ------------------------------------------------------ */
 
+/* Gives back the space of overwritten and deleted values, of their key
+ * records and of list changes: each shard in turn is rewritten into new
+ * files holding only what is live (values in key order, lists as a
+ * snapshot), which replace the old ones in one atomic step; a crash at
+ * any point leaves the old state or the new one. Reads go on throughout
+ * and never wait; writes to the shard being rewritten wait for it, writes
+ * to other shards do not. Everything written before the call is durable
+ * when it returns. Returns KVIDX_OK, or the first error: KVIDX_ERDONLY,
+ * KVIDX_EFULL (no room for the new files: the shard stays as it was),
+ * KVIDX_ENOMEM, KVIDX_ECORRUPT (a live value fails its checksum: it is
+ * not copied, the shard stays as it was), KVIDX_EIO, KVIDX_EMISUSE,
+ * KVIDX_EINVAL. The other shards are still compacted. */
+int kvidx_compact(kvidx *db);
+
 typedef struct kvidx_stats {
     uint32_t size;            /* in: sizeof(kvidx_stats) as the caller knows it */
     uint32_t shards;          /* shard count of the database */
