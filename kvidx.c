@@ -66,6 +66,13 @@
 #endif
 
 /* Default background sync period; bounds what a power cut can take. */
+#ifndef KVIDX_COMPACT_PCT_DEFAULT
+#define KVIDX_COMPACT_PCT_DEFAULT 50
+#endif
+/* Background compaction leaves shards smaller than this alone. */
+#ifndef KVIDX_COMPACT_MIN
+#define KVIDX_COMPACT_MIN ((uint64_t)16 << 20)
+#endif
 #ifndef KVIDX_SYNC_INTERVAL_DEFAULT
 #define KVIDX_SYNC_INTERVAL_DEFAULT 1000
 #endif
@@ -1466,6 +1473,8 @@ typedef struct vs_shard {
     uint64_t lsnap_retry;  /* lpos before which writes try no snapshot (after a failure) */
     uint64_t lwrites;      /* list changes since open */
     uint64_t compactions;  /* since open */
+    uint64_t compact_ms_max; /* the longest a compaction held the mutex */
+    uint64_t cp_retry;     /* kpos before which no background compaction is tried */
     uint8_t *lbuf;         /* scratch: a list log record being encoded */
     size_t lbuf_cap;
 } vs_shard;
@@ -3224,6 +3233,7 @@ void kvidx_options_init(kvidx_options *o) {
     o->flags = KVIDX_CREATE;
     o->shards = KVIDX_SHARDS_DEFAULT;
     o->sync_interval_ms = KVIDX_SYNC_INTERVAL_DEFAULT;
+    o->compact_pct = KVIDX_COMPACT_PCT_DEFAULT;
 }
 
 /* KVIDX_OK for a live handle. The magic is checked on every call so that a
@@ -3382,6 +3392,7 @@ static int db_create(kvidx *db) {
 }
 
 static void *db_bg_main(void *arg);
+static int vs_compact(kvidx *db, vs_shard *s);
 static int db_sync_all(kvidx *db);
 
 /* Frees a handle in any state of construction. */
@@ -3535,6 +3546,7 @@ int kvidx_open(const char *dir, const kvidx_options *o, kvidx **out) {
     if (opt.shards == 0) opt.shards = KVIDX_SHARDS_DEFAULT;
     if (opt.shards > KVIDX_SHARDS_MAX || (opt.shards & (opt.shards - 1))) return KVIDX_EINVAL;
     if (opt.flags & ~KVIDX_FLAGS_ALL) return KVIDX_EINVAL;
+    if (opt.compact_pct > 99 || opt.reserved) return KVIDX_EINVAL;
 
     db = os_calloc(1, sizeof *db);
     if (!db) return KVIDX_ENOMEM;
@@ -3550,7 +3562,7 @@ int kvidx_open(const char *dir, const kvidx_options *o, kvidx **out) {
         pthread_condattr_destroy(&ca);
     }
     rc = db_open(db, dir);
-    if (!rc && !(db->flags & KVIDX_RDONLY) && opt.sync_interval_ms) {
+    if (!rc && !(db->flags & KVIDX_RDONLY) && (opt.sync_interval_ms || opt.compact_pct)) {
         if (pthread_create(&db->bg, NULL, db_bg_main, db)) rc = KVIDX_ENOMEM;
         else db->bg_started = 1;
     }
@@ -3578,20 +3590,49 @@ static int db_sync_all(kvidx *db) {
 }
 
 /* The background sync: every sync_interval_ms until close. */
+/* The shard's value store holds enough garbage for a background
+ * compaction (compact_pct of its bytes, and KVIDX_COMPACT_MIN in all). */
+static int vs_wants_compact(const kvidx *db, vs_shard *s) {
+    uint64_t total, garbage;
+    int err;
+    pthread_mutex_lock(&s->mu);
+    total = s->next_slot * VS_SLOT + s->kpos * VS_REC;
+    garbage = (s->next_slot - s->live_slots) * VS_SLOT + (s->kpos - s->map[s->lr->side].ht.n) * VS_REC;
+    err = s->err || s->kpos < s->cp_retry;
+    pthread_mutex_unlock(&s->mu);
+    return !err && total >= KVIDX_COMPACT_MIN && garbage * 100 >= total * db->opt.compact_pct;
+}
+
+/* The background thread: a sync every sync_interval_ms, and (with
+ * compact_pct) a look at every shard's garbage as often (every second
+ * without syncs), until close. */
 static void *db_bg_main(void *arg) {
     kvidx *db = arg;
+    uint32_t period = db->opt.sync_interval_ms ? db->opt.sync_interval_ms : 1000, i;
     pthread_mutex_lock(&db->bg_mu);
     while (!db->bg_stop) {
         struct timespec ts;
         int r = 0;
         clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_sec += db->opt.sync_interval_ms / 1000;
-        ts.tv_nsec += (long)(db->opt.sync_interval_ms % 1000) * 1000000L;
+        ts.tv_sec += period / 1000;
+        ts.tv_nsec += (long)(period % 1000) * 1000000L;
         if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
         while (!db->bg_stop && r != ETIMEDOUT) r = pthread_cond_timedwait(&db->bg_cv, &db->bg_mu, &ts);
         if (db->bg_stop) break;
         pthread_mutex_unlock(&db->bg_mu);
-        (void)db_sync_all(db); /* a failure is sticky in the shard: writers see it */
+        if (db->opt.sync_interval_ms) (void)db_sync_all(db); /* a failure is sticky in the shard */
+        for (i = 0; db->opt.compact_pct && i < db->nshards; i++) {
+            vs_shard *s = &db->sh[i];
+            if (__atomic_load_n(&db->bg_stop, __ATOMIC_RELAXED) || !vs_wants_compact(db, s)) continue;
+            r = vs_compact(db, s);
+            if (r) {
+                /* not again until the key log has grown by a quarter */
+                pthread_mutex_lock(&s->mu);
+                s->cp_retry = s->kpos + s->kpos / 4 + VS_SEC_N;
+                pthread_mutex_unlock(&s->mu);
+                db_log(db, "shard %u: background compaction failed: %s", (unsigned)s->id, kvidx_strerror(r));
+            }
+        }
         pthread_mutex_lock(&db->bg_mu);
     }
     pthread_mutex_unlock(&db->bg_mu);
@@ -3615,7 +3656,7 @@ int kvidx_close(kvidx *db) {
     if ((rc = db_check(db))) return rc;
     if (db->bg_started) {
         pthread_mutex_lock(&db->bg_mu);
-        db->bg_stop = 1;
+        __atomic_store_n(&db->bg_stop, 1, __ATOMIC_RELAXED); /* read outside bg_mu too */
         pthread_cond_signal(&db->bg_cv);
         pthread_mutex_unlock(&db->bg_mu);
         pthread_join(db->bg, NULL);
@@ -4258,10 +4299,12 @@ static int vs_compact(kvidx *db, vs_shard *s) {
     vs_store *old;
     unsigned side;
     int rc, kfd, vfd, bfd, lfd;
+    uint64_t t0;
     memset(&g, 0, sizeof g);
     g.k.fd = g.v.fd = g.b.fd = g.l.fd = -1;
     pthread_mutex_lock(&s->smu);
     pthread_mutex_lock(&s->mu);
+    t0 = os_now_ns();
     rc = s->err;
     if (!rc && s->gen == UINT32_MAX) rc = KVIDX_EFULL;
     n = s->map[s->lr->side].ht.n;
@@ -4318,6 +4361,8 @@ static int vs_compact(kvidx *db, vs_shard *s) {
     s->vdirect = os_set_direct(s->vfd, 1) == 0;
     s->compactions++;
     if (os_fsync(db->dirfd)) rc = vs_fail_sync(s); /* the commit may not survive a power cut */
+    t0 = (os_now_ns() - t0) / 1000000u;
+    if (t0 > s->compact_ms_max) s->compact_ms_max = t0;
     pthread_mutex_unlock(&s->mu);
     pthread_mutex_unlock(&s->smu);
     vs_store_free(old);
@@ -4347,52 +4392,70 @@ static uint64_t db_file_blocks(int fd, uint64_t *size) {
     return (uint64_t)st.st_blocks * 512u;
 }
 
-int kvidx_stat(kvidx *db, kvidx_stats *out) {
+/* Adds shard s's figures to *st (a snapshot of one moment: under s->mu). */
+static void db_stat_shard(kvidx *db, vs_shard *s, kvidx_stats *st) {
+    uint64_t keys;
+    pthread_mutex_lock(&s->mu);
+    if (!s->vdirect) st->flags &= ~(uint64_t)KVIDX_STAT_DIRECT_IO;
+    keys = s->map[s->lr->side].ht.n;
+    st->keys += keys;
+    st->value_bytes += s->value_bytes;
+    st->records += s->kpos;
+    st->garbage_records += s->kpos - keys;
+    st->slots += s->next_slot;
+    st->garbage_slots += s->next_slot - s->live_slots;
+    st->live_bytes += keys * VS_REC + s->live_slots * VS_SLOT;
+    st->garbage_bytes += (s->kpos - keys) * VS_REC + (s->next_slot - s->live_slots) * VS_SLOT;
+    st->disk_bytes += db_file_blocks(s->kfd, &st->key_log_bytes);
+    st->disk_bytes += db_file_blocks(s->vfd, &st->value_log_bytes);
+    st->disk_bytes += db_file_blocks(s->bfd, &st->buffer_bytes);
+    st->map_bytes += lr_map_bytes(&s->map[0]) + lr_map_bytes(&s->map[1]);
+    st->puts += s->puts;
+    st->deletes += s->deletes;
+    st->flushes += s->flushes;
+    st->lists += s->lists;
+    st->list_ids += s->lids;
+    st->list_ram_bytes += s->lbytes;
+    st->disk_bytes += db_file_blocks(s->lfd, &st->list_log_bytes);
+    st->list_snapshot_bytes += s->lsnap_bytes;
+    st->list_writes += s->lwrites;
+    st->compactions += s->compactions;
+    if (s->compact_ms_max > st->compact_ms_max) st->compact_ms_max = s->compact_ms_max;
+    if (s->lsnap_bytes) { /* under the mutex: no snapshot is being renamed in */
+        char name[48];
+        struct stat ls;
+        ls_name(name, sizeof name, s, "ls");
+        if (fstatat(db->dirfd, name, &ls, 0) == 0) st->disk_bytes += (uint64_t)ls.st_blocks * 512u;
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* kvidx_stat (shard == UINT32_MAX: all) and kvidx_stat_shard. */
+static int db_stat(kvidx *db, uint32_t shard, kvidx_stats *out) {
     kvidx_stats st;
     uint32_t i;
     int rc = db_check(db);
     if (rc) return rc;
     if (!out || out->size < offsetof(kvidx_stats, flags)) return KVIDX_EINVAL;
+    if (shard != UINT32_MAX && shard >= db->nshards) return KVIDX_EINVAL;
     memset(&st, 0, sizeof st);
     st.size = out->size < sizeof st ? out->size : (uint32_t)sizeof st;
     st.shards = db->nshards;
     st.flags = KVIDX_STAT_DIRECT_IO;
-    for (i = 0; i < db->nshards; i++) {
-        vs_shard *s = &db->sh[i];
-        pthread_mutex_lock(&s->mu);
-        if (!s->vdirect) st.flags &= ~(uint64_t)KVIDX_STAT_DIRECT_IO;
-        st.keys += s->map[s->lr->side].ht.n;
-        st.value_bytes += s->value_bytes;
-        st.records += s->kpos;
-        st.slots += s->next_slot;
-        st.garbage_slots += s->next_slot - s->live_slots;
-        st.disk_bytes += db_file_blocks(s->kfd, &st.key_log_bytes);
-        st.disk_bytes += db_file_blocks(s->vfd, &st.value_log_bytes);
-        st.disk_bytes += db_file_blocks(s->bfd, &st.buffer_bytes);
-        st.map_bytes += lr_map_bytes(&s->map[0]) + lr_map_bytes(&s->map[1]);
-        st.puts += s->puts;
-        st.deletes += s->deletes;
-        st.flushes += s->flushes;
-        st.lists += s->lists;
-        st.list_ids += s->lids;
-        st.list_ram_bytes += s->lbytes;
-        st.disk_bytes += db_file_blocks(s->lfd, &st.list_log_bytes);
-        st.list_snapshot_bytes += s->lsnap_bytes;
-        st.list_writes += s->lwrites;
-        if (s->lsnap_bytes) { /* under the mutex: no snapshot is being renamed in */
-            char name[48];
-            struct stat ls;
-            ls_name(name, sizeof name, s, "ls");
-            if (fstatat(db->dirfd, name, &ls, 0) == 0) st.disk_bytes += (uint64_t)ls.st_blocks * 512u;
-        }
-        pthread_mutex_unlock(&s->mu);
-    }
-    {
+    st.shard = shard == UINT32_MAX ? UINT64_MAX : shard;
+    for (i = 0; i < db->nshards; i++)
+        if (shard == UINT32_MAX || shard == i) db_stat_shard(db, &db->sh[i], &st);
+    if (shard == UINT32_MAX) {
         struct stat hs;
         if (fstatat(db->dirfd, DB_HDR_NAME, &hs, 0) == 0) st.disk_bytes += (uint64_t)hs.st_blocks * 512u;
     }
-    st.garbage_records = st.records - st.keys;
     st.syncs = __atomic_load_n(&db->syncs, __ATOMIC_RELAXED); /* pairs with db_sync_all: a count only */
     memcpy(out, &st, st.size);
     return KVIDX_OK;
+}
+
+int kvidx_stat(kvidx *db, kvidx_stats *out) { return db_stat(db, UINT32_MAX, out); }
+
+int kvidx_stat_shard(kvidx *db, uint32_t shard, kvidx_stats *out) {
+    return db_stat(db, shard == UINT32_MAX ? UINT32_MAX - 1 : shard, out);
 }

@@ -137,10 +137,17 @@ typedef struct kvidx_options {
     uint32_t sync_interval_ms; /* background sync period; 0 = only explicit kvidx_sync. Default 1000 */
     kvidx_log_fn log;          /* warnings; NULL = write them to stderr */
     void *log_ud;              /* passed to log */
+    /* fields from here on were added in 0.3.0 */
+    uint32_t compact_pct;      /* a background thread compacts a shard (kvidx_compact) once
+                                  this percent of its value store on disk is garbage and it
+                                  holds 16 MiB or more; 0 = never (call kvidx_compact). 1..99;
+                                  default 50. Read-only handles ignore it */
+    uint32_t reserved;         /* 0 */
 } kvidx_options;
 
 /* Fills *o with the defaults: size = sizeof *o, flags = KVIDX_CREATE,
- * shards = 8, sync_interval_ms = 1000, log = NULL. NULL o is ignored. */
+ * shards = 8, sync_interval_ms = 1000, log = NULL, compact_pct = 50.
+ * NULL o is ignored. */
 void kvidx_options_init(kvidx_options *o);
 
 /* Opens (and with KVIDX_CREATE creates) the database in directory dir.
@@ -330,6 +337,14 @@ typedef struct kvidx_stats {
     uint64_t list_snapshot_bytes; /* sizes of the list snapshots (.ls) */
     uint64_t list_writes;     /* list log records written since open: every put, and
                                  every add, remove, delete that changed something */
+    /* fields from here on were added in 0.3.0 */
+    uint64_t live_bytes;      /* value-store bytes live data needs: 32 per live key record,
+                                 256 per live value slot */
+    uint64_t garbage_bytes;   /* value-store bytes compaction gives back: 32 per garbage
+                                 record, 256 per garbage slot */
+    uint64_t compactions;     /* shard compactions since open (kvidx_compact, background) */
+    uint64_t compact_ms_max;  /* the longest a compaction held a shard's writers (ms) */
+    uint64_t shard;           /* kvidx_stat_shard: the shard; kvidx_stat: UINT64_MAX (all) */
 } kvidx_stats;
 
 #define KVIDX_STAT_DIRECT_IO 0x1u
@@ -339,6 +354,11 @@ typedef struct kvidx_stats {
  * moment per shard. Returns KVIDX_OK, KVIDX_EINVAL (NULL, or size smaller
  * than the first two fields), KVIDX_EMISUSE. */
 int kvidx_stat(kvidx *db, kvidx_stats *st);
+
+/* The same figures for shard `shard` (0 .. st->shards - 1) alone. Returns
+ * KVIDX_OK, KVIDX_EINVAL (as kvidx_stat, or shard out of range),
+ * KVIDX_EMISUSE. */
+int kvidx_stat_shard(kvidx *db, uint32_t shard, kvidx_stats *st);
 
 #ifdef __cplusplus
 }

@@ -10,6 +10,7 @@
 #ifndef KVIDX_TEST
 #define KVIDX_TEST
 #endif
+#define KVIDX_COMPACT_MIN ((uint64_t)1 << 20) /* background compaction of small shards */
 #include "../kvidx.c"
 
 #include <dirent.h>
@@ -604,6 +605,65 @@ static void test_concurrent(void) {
     t_rmrf(dir);
 }
 
+/* ---- 6. background compaction and the stats ----------------------------------- */
+
+/* compact_pct = 50: once half a shard is garbage, the handle's thread
+ * compacts it; 0: never. The per-shard stats add up to the totals. */
+static void test_background(void) {
+    const char *dir = t_dir("cp_bg");
+    kvidx_options o = opts(2);
+    kvidx *db;
+    kvidx_stats st, sh;
+    uint64_t i, r, keys = 0, garbage = 0, waited = 0, wrong = 0;
+    uint8_t v[200];
+    unsigned j;
+    t_watchdog("test_background", 120);
+    t_rmrf(dir);
+    o.compact_pct = 100;
+    CHECK_RC(kvidx_open(dir, &o, &db), KVIDX_EINVAL);
+    o.compact_pct = 0, o.sync_interval_ms = 20;
+    REQUIRE(kvidx_open(dir, &o, &db) == KVIDX_OK);
+    for (r = 0; r < 3; r++)
+        for (i = 0; i < 20000; i++) {
+            memset(v, (int)(i + r), sizeof v);
+            REQUIRE(kvidx_put(db, i, v, sizeof v) == KVIDX_OK);
+        }
+    t_sleep_ms(200);
+    REQUIRE(t_stat(db, &st) == KVIDX_OK);
+    CHECK(st.compactions == 0 && st.garbage_bytes > st.live_bytes);
+    CHECK(st.shard == UINT64_MAX && st.live_bytes == st.keys * 32 + (st.slots - st.garbage_slots) * 256);
+    for (j = 0; j < 2; j++) {
+        memset(&sh, 0, sizeof sh);
+        sh.size = sizeof sh;
+        REQUIRE(kvidx_stat_shard(db, j, &sh) == KVIDX_OK);
+        CHECK(sh.shard == j && sh.shards == 2);
+        keys += sh.keys, garbage += sh.garbage_bytes;
+    }
+    CHECK(keys == st.keys && garbage == st.garbage_bytes);
+    CHECK_RC(kvidx_stat_shard(db, 2, &sh), KVIDX_EINVAL);
+    CHECK_RC(kvidx_close(db), KVIDX_OK);
+    o.compact_pct = 50;
+    REQUIRE(kvidx_open(dir, &o, &db) == KVIDX_OK);
+    do {
+        t_sleep_ms(50);
+        waited += 50;
+        REQUIRE(t_stat(db, &st) == KVIDX_OK);
+    } while (st.compactions < 2 && waited < 20000);
+    printf("  both shards compacted in the background after %" PRIu64 " ms (longest hold %" PRIu64 " ms)\n",
+           waited, st.compact_ms_max);
+    CHECK(st.compactions >= 2 && st.garbage_bytes == 0);
+    for (i = 0; i < 20000; i++) {
+        uint8_t b[256];
+        size_t n;
+        memset(v, (int)(i + 2), sizeof v);
+        if (kvidx_get(db, i, b, sizeof b, &n) != KVIDX_OK || n != sizeof v || memcmp(b, v, n)) wrong++;
+    }
+    CHECK(wrong == 0);
+    CHECK_RC(kvidx_close(db), KVIDX_OK);
+    CHECK(one_gen_each(dir, 2));
+    t_rmrf(dir);
+}
+
 int main(void) {
     t_init("test_compact");
     T_RUN(test_model_rounds);
@@ -611,6 +671,7 @@ int main(void) {
     T_RUN(test_death_at_every_call);
     T_RUN(test_error_at_every_call);
     T_RUN(test_concurrent);
+    T_RUN(test_background);
     alarm(0);
     return t_done();
 }
