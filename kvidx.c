@@ -1475,6 +1475,10 @@ typedef struct vs_shard {
     uint64_t compactions;  /* since open */
     uint64_t compact_ms_max; /* the longest a compaction held the mutex */
     uint64_t cp_retry;     /* kpos before which no background compaction is tried */
+    /* where an open found damage (vs_damage), for the message it logs */
+    const char *bad, *bad_unit;
+    char bad_file[8];
+    uint64_t bad_at;
     uint8_t *lbuf;         /* scratch: a list log record being encoded */
     size_t lbuf_cap;
 } vs_shard;
@@ -1506,6 +1510,17 @@ static void db_log(const kvidx *db, const char *fmt, ...) {
 
 static void vs_name(char *buf, size_t n, uint32_t shard, uint32_t gen, char ext) {
     snprintf(buf, n, "s%04u.%u.%c", (unsigned)shard, (unsigned)gen, ext);
+}
+
+/* Notes the first damage an open of shard s finds: in file sNNNN.G.<file>,
+ * what, and (unit != NULL) at which record or byte. Returns
+ * KVIDX_ECORRUPT; vs_open_shard logs the note. */
+static int vs_damage(vs_shard *s, const char *file, const char *what, const char *unit, uint64_t at) {
+    if (!s->bad) {
+        snprintf(s->bad_file, sizeof s->bad_file, "%s", file);
+        s->bad = what, s->bad_unit = unit, s->bad_at = at;
+    }
+    return KVIDX_ECORRUPT;
 }
 
 /* Records a write-path I/O error: the shard refuses writes from now on
@@ -1988,7 +2003,9 @@ static int vs_replay(vs_shard *s, uint64_t fsize, int rw) {
                     (rp->slot >> VS_SEC_SHIFT) == s->vs->bsec)
                     ok = ck_value(vs_slot_ptr(s->vs, s->vs->bsec, rp->slot), rp->len) == rp->vsum;
                 if (!ok) {
-                    if (pos + m < s->st.synced) rc = KVIDX_ECORRUPT;
+                    if (pos + m < s->st.synced)
+                        rc = vs_damage(s, "k", "a record inside the durable prefix fails its checks", "record",
+                                       pos + m);
                     else torn = 1;
                     break;
                 }
@@ -1996,7 +2013,8 @@ static int vs_replay(vs_shard *s, uint64_t fsize, int rw) {
                 if (rp->slot != VS_NOSLOT) last_slot = rp->slot;
                 h[m] = ck_key(rp->key);
             }
-            if (!rc && (rc = lr_ht_fit(t, m))) break;
+            if (rc || (rc = lr_ht_fit(t, m))) break; /* damage: apply nothing more (and never
+                                                       into a table without room) */
             for (j = 0; j < m; j++) __builtin_prefetch(&t->cell[lr_home(t, h[j])], 1);
             for (j = 0; j < m; j++) {
                 lr_ent *c;
@@ -2012,7 +2030,8 @@ static int vs_replay(vs_shard *s, uint64_t fsize, int rw) {
             pos += m;
         }
     }
-    if (!rc && pos < s->st.synced) rc = KVIDX_ECORRUPT; /* the log is shorter than its durable prefix */
+    if (!rc && pos < s->st.synced) /* the log is shorter than its durable prefix */
+        rc = vs_damage(s, "k", "the log ends inside its durable prefix", "record", pos);
     if (!rc && rw && pos < nrec) {
         /* Clear the dropped tail so that no stale record survives past
          * the new end (the epoch check guards a power cut that undoes
@@ -2050,7 +2069,10 @@ static int vs_open_file(kvidx *db, vs_shard *s, char ext, int rw, int *fd, uint6
     struct stat st;
     vs_name(name, sizeof name, s->id, s->gen, ext);
     *fd = os_open(db->dirfd, name, rw ? O_RDWR : O_RDONLY, 0);
-    if (*fd < 0) return *fd == -ENOENT ? KVIDX_ECORRUPT : os_rc(*fd);
+    if (*fd < 0) {
+        char f[2] = {ext, 0};
+        return *fd == -ENOENT ? vs_damage(s, f, "missing", NULL, 0) : os_rc(*fd);
+    }
     if (fstat(*fd, &st)) return os_rc(-errno);
     *size = (uint64_t)st.st_size;
     return KVIDX_OK;
@@ -2059,11 +2081,14 @@ static int vs_open_file(kvidx *db, vs_shard *s, char ext, int rw, int *fd, uint6
 /* Reads and checks the header page of a .k or .v file. */
 static int vs_check_fhdr(kvidx *db, vs_shard *s, int fd, uint64_t size, const char *magic) {
     uint8_t h[64];
+    const char *f = magic == VS_MAGIC_K ? "k" : "v";
     int r;
-    if (size < VS_PAGE) return KVIDX_ECORRUPT;
+    if (size < VS_PAGE) return vs_damage(s, f, "shorter than its header page", NULL, 0);
     r = os_pread(fd, h, sizeof h, 0);
     if (r) return os_rc(r);
-    return vs_fhdr_check(h, magic, s->id, db->nshards, s->gen);
+    r = vs_fhdr_check(h, magic, s->id, db->nshards, s->gen);
+    if (r == KVIDX_ECORRUPT) vs_damage(s, f, "header invalid (magic, checksum, format, shard or generation)", NULL, 0);
+    return r;
 }
 
 /* The list store (section 6) opens, folds and frees its part of a shard. */
@@ -2075,20 +2100,23 @@ static void ls_release(vs_shard *s);
 /* Opens shard s (id and gen set): maps the buffer, loads the state,
  * checks the value log, replays the key log; read-write handles then
  * start a new epoch. On error the caller releases what was set up. */
-static int vs_open_shard(kvidx *db, vs_shard *s) {
+static int vs_open_files(kvidx *db, vs_shard *s) {
     int rw = !(db->flags & KVIDX_RDONLY), rc, err = 0;
     uint64_t bsize, vsize, ksize, need, sec;
     if ((rc = vs_open_file(db, s, 'b', rw, &s->bfd, &bsize))) return rc;
-    if (bsize != VS_PAGE + VS_VSEC_BYTES) return KVIDX_ECORRUPT;
+    if (bsize != VS_PAGE + VS_VSEC_BYTES) return vs_damage(s, "b", "size is not 4 KiB + 16 MiB", NULL, 0);
     s->vs->bmap = os_mmap(s->bfd, 0, bsize, rw, &err);
     if (!s->vs->bmap) return os_rc(err);
-    if ((rc = vs_state_load(s, db->nshards))) return rc;
+    if ((rc = vs_state_load(s, db->nshards)) == KVIDX_ECORRUPT)
+        return vs_damage(s, "b", "neither copy of the shard state is valid", NULL, 0);
+    if (rc) return rc;
     s->vs->bsec = s->st.section; /* no reader yet */
 
     if ((rc = vs_open_file(db, s, 'v', rw, &s->vfd, &vsize))) return rc;
     if ((rc = vs_check_fhdr(db, s, s->vfd, vsize, VS_MAGIC_V))) return rc;
     need = VS_PAGE + s->vs->bsec * VS_VSEC_BYTES;
-    if (vsize < need) return KVIDX_ECORRUPT; /* a section the state calls flushed is missing */
+    if (vsize < need) /* a section the state calls flushed is missing */
+        return vs_damage(s, "v", "shorter than the sections the shard state says are in it", NULL, 0);
     if (rw && vsize > need && (rc = os_rc(os_ftruncate(s->vfd, need)))) return rc; /* an interrupted flush */
     for (sec = 0; sec < s->vs->bsec; sec += VS_VMAP_SECS)
         if ((rc = vs_vmap_ensure(s->vs, s->vfd, sec))) return rc;
@@ -2120,6 +2148,18 @@ static int vs_open_shard(kvidx *db, vs_shard *s) {
         }
     }
     return KVIDX_OK;
+}
+
+/* Opens shard s (id and gen set); damage is logged with where it is. */
+static int vs_open_shard(kvidx *db, vs_shard *s) {
+    int rc = vs_open_files(db, s);
+    if (rc == KVIDX_ECORRUPT && s->bad && s->bad_unit)
+        db_log(db, "shard %u: damage: s%04u.%u.%s: %s (%s %llu)", (unsigned)s->id, (unsigned)s->id,
+               (unsigned)s->gen, s->bad_file, s->bad, s->bad_unit, (unsigned long long)s->bad_at);
+    else if (rc == KVIDX_ECORRUPT && s->bad)
+        db_log(db, "shard %u: damage: s%04u.%u.%s: %s", (unsigned)s->id, (unsigned)s->id,
+               (unsigned)s->gen, s->bad_file, s->bad);
+    return rc;
 }
 
 /* Unmaps and closes whatever of s was set up; frees its map. */
@@ -2848,7 +2888,7 @@ static int ls_replay(kvidx *db, vs_shard *s, const uint8_t *m, uint64_t fsize, u
         if (lsn == 0 || (prev ? lsn != prev + 1 : lsn > snap_lsn + 1)) break; /* stale or missing */
         if (op == LS_OP_DELETE ? (n || len) : (!n || n > len)) break;
         if ((ck_key(key) & (db->nshards - 1)) != s->id) { /* whole, but not this shard's */
-            rc = KVIDX_ECORRUPT;
+            rc = vs_damage(s, "l", "a whole record holds a key of another shard", "byte", pos);
             break;
         }
         if ((rc = ls_ids_room(&ids, &ids_cap, n))) break;
@@ -2856,7 +2896,8 @@ static int ls_replay(kvidx *db, vs_shard *s, const uint8_t *m, uint64_t fsize, u
         if (!ls_get_ids(&q, end, ids, n) || q != end) break;
         if (lsn > snap_lsn) {
             rc = ls_apply(s, op, key, ids, n, &changed, 0);
-            if (rc == KVIDX_NOTFOUND) rc = KVIDX_ECORRUPT; /* the log disagrees with itself */
+            if (rc == KVIDX_NOTFOUND) /* the log disagrees with itself */
+                rc = vs_damage(s, "l", "a record removes from a list that does not exist", "byte", pos);
             applied++;
         }
         prev = lsn;
@@ -2864,7 +2905,8 @@ static int ls_replay(kvidx *db, vs_shard *s, const uint8_t *m, uint64_t fsize, u
     }
     os_free(ids);
     if (rc) return rc;
-    if (pos < s->st.lsynced) return KVIDX_ECORRUPT; /* damage where the log was durable */
+    if (pos < s->st.lsynced) /* damage where the log was durable */
+        return vs_damage(s, "l", "a record inside the durable prefix fails its checks", "byte", pos);
     s->lsn = prev > snap_lsn ? prev : snap_lsn;
     s->lpos = pos;
     s->ldurable = s->st.lsynced;
@@ -3019,35 +3061,37 @@ static int ls_load(kvidx *db, vs_shard *s, uint64_t *snap_lsn) {
     }
     if ((uint64_t)st.st_size < LS_SNAP_HDR) {
         os_close(fd);
-        return KVIDX_ECORRUPT;
+        return vs_damage(s, "ls", "shorter than its header", NULL, 0);
     }
     m = os_mmap(fd, 0, (uint64_t)st.st_size, 0, &err);
     os_close(fd);
     if (!m) return os_rc(err);
     end = m + st.st_size;
     rc = vs_fhdr_check(m, LS_MAGIC_S, s->id, db->nshards, s->gen);
+    if (rc == KVIDX_ECORRUPT) vs_damage(s, "ls", "header invalid", NULL, 0);
     if (!rc && get_le64(m + 48) != ck_seeded(m + LS_SNAP_HDR, (size_t)st.st_size - LS_SNAP_HDR, CK_SEED_SNAP))
-        rc = KVIDX_ECORRUPT;
+        rc = vs_damage(s, "ls", "the body fails its checksum", NULL, 0);
     lists = get_le64(m + 32), nids = get_le64(m + 40);
-    if (!rc && (lists > (uint64_t)st.st_size || nids > (uint64_t)st.st_size)) rc = KVIDX_ECORRUPT;
+    if (!rc && (lists > (uint64_t)st.st_size || nids > (uint64_t)st.st_size))
+        rc = vs_damage(s, "ls", "impossible counts in the header", NULL, 0);
     p = m + LS_SNAP_HDR;
     for (i = 0; i < lists && !rc; i++) {
         uint64_t key, n;
         ls_node *root;
         if (!ls_get_varint(&p, end, &key) || !ls_get_varint(&p, end, &n) || n == 0 ||
             n > (uint64_t)(end - p) || (i && key >= UINT64_MAX - prev_key)) {
-            rc = KVIDX_ECORRUPT;
+            rc = vs_damage(s, "ls", "a list's key or count is malformed", "byte", (uint64_t)(p - m));
             break;
         }
         key = i ? prev_key + key + 1 : key;
         prev_key = key;
         if ((ck_key(key) & (db->nshards - 1)) != s->id) {
-            rc = KVIDX_ECORRUPT;
+            rc = vs_damage(s, "ls", "a list's key belongs to another shard", "byte", (uint64_t)(p - m));
             break;
         }
         if ((rc = ls_ids_room(&ids, &ids_cap, n))) break;
         if (!ls_get_ids(&p, end, ids, n)) {
-            rc = KVIDX_ECORRUPT;
+            rc = vs_damage(s, "ls", "a list's ids are malformed", "byte", (uint64_t)(p - m));
             break;
         }
         rc = ls_build(cx, ids, n, &root);
@@ -3056,7 +3100,8 @@ static int ls_load(kvidx *db, vs_shard *s, uint64_t *snap_lsn) {
         else ls_commit(cx);   /* keeps it: the list is in kv */
         total += n;
     }
-    if (!rc && (p != end || total != nids)) rc = KVIDX_ECORRUPT;
+    if (!rc && (p != end || total != nids))
+        rc = vs_damage(s, "ls", "the lists disagree with the header's counts", NULL, 0);
     if (!rc && kv.n) {
         rc = ls_pairs(cx, LS_KEYS, kv.k, kv.v, kv.n, &lv);
         if (!rc) rc = ls_top(cx, &lv, &s->lroot);
@@ -3103,9 +3148,11 @@ static int ls_open(kvidx *db, vs_shard *s, int rw) {
         rc = vs_open_file(db, s, 'l', rw, &s->lfd, &size);
     }
     if (rc) return rc;
-    if (size < LS_LOG_HDR) return KVIDX_ECORRUPT;
+    s->bad = NULL; /* a missing log of 0.1 was no damage */
+    if (size < LS_LOG_HDR) return vs_damage(s, "l", "shorter than its header", NULL, 0);
     if ((rc = os_rc(os_pread(s->lfd, h, sizeof h, 0)))) return rc;
-    if ((rc = vs_fhdr_check(h, LS_MAGIC_L, s->id, db->nshards, s->gen))) return rc;
+    if ((rc = vs_fhdr_check(h, LS_MAGIC_L, s->id, db->nshards, s->gen)))
+        return rc == KVIDX_ECORRUPT ? vs_damage(s, "l", "header invalid", NULL, 0) : rc;
     if ((rc = ls_load(db, s, &snap_lsn))) return rc;
     m = os_mmap(s->lfd, 0, size, 0, &err);
     if (!m) return os_rc(err);
@@ -3287,16 +3334,20 @@ static int db_hdr_read(kvidx *db, uint32_t *flags) {
     else if (st.st_size < 64) r = -EBADMSG;
     else r = os_pread(fd, h, sizeof h, 0);
     os_close(fd);
-    if (r == -EBADMSG) return KVIDX_ECORRUPT; /* shorter than a header */
+    if (r == -EBADMSG) { /* shorter than a header */
+        db_log(db, "damage: %s: shorter than its 64 bytes", DB_HDR_NAME);
+        return KVIDX_ECORRUPT;
+    }
     if (r) return os_rc(r);
     if (memcmp(h, VS_MAGIC_DB, 8)) return KVIDX_EINVAL; /* not a kvidx database */
     if (get_le32(h + 8) > VS_FORMAT) return KVIDX_EVERSION;
-    if (get_le64(h + 56) != ck_seeded(h, 56, CK_SEED_HDR)) return KVIDX_ECORRUPT;
     n = get_le32(h + 16);
-    if (get_le32(h + 8) != VS_FORMAT || n == 0 || n > KVIDX_SHARDS_MAX || (n & (n - 1)) ||
-        get_le32(h + 20) != VS_REC || get_le32(h + 24) != VS_SLOT ||
-        get_le32(h + 28) != VS_SEC_N || get_le32(h + 32) != VS_PAGE)
+    if (get_le64(h + 56) != ck_seeded(h, 56, CK_SEED_HDR) || get_le32(h + 8) != VS_FORMAT || n == 0 ||
+        n > KVIDX_SHARDS_MAX || (n & (n - 1)) || get_le32(h + 20) != VS_REC ||
+        get_le32(h + 24) != VS_SLOT || get_le32(h + 28) != VS_SEC_N || get_le32(h + 32) != VS_PAGE) {
+        db_log(db, "damage: %s: fails its checksum or holds impossible values", DB_HDR_NAME);
         return KVIDX_ECORRUPT;
+    }
     db->nshards = n;
     *flags = get_le32(h + 12);
     return KVIDX_OK;
@@ -3353,6 +3404,7 @@ static int db_find_gens(kvidx *db) {
     }
     for (i = 0; i < db->nshards; i++)
         if (!db->sh[i].gen) {
+            db_log(db, "shard %u: damage: no buffer file (s%04u.G.b) of any generation", (unsigned)i, (unsigned)i);
             closedir(d);
             return KVIDX_ECORRUPT;
         }
@@ -4372,6 +4424,144 @@ static int vs_compact(kvidx *db, vs_shard *s) {
     os_free(keys), os_free(slots);
     return rc;
 }
+
+/* ---- check ------------------------------------------------------------------
+ * kvidx_check opens the database read only, which verifies every header,
+ * the shard states, every key record up to the end of the log, the value
+ * log's length, the list snapshot (every entry) and the list log, and
+ * rebuilds the maps; the open logs where it found damage. Then it checks
+ * what an open takes on trust: every key record's value against its
+ * checksum, the two maps against each other, and the list trees. */
+
+/* Checks the subtree nd (leaves of kind leaf: LS_IDS in a list, LS_KEYS in
+ * the key index, whose lists it checks too): keys ascending across leaves
+ * (*prev, *first), inner nodes' first keys and counts exact, leaves at one
+ * depth, node sizes in range. *count += the ids (or lists) below; *ids +=
+ * the ids of the lists below (LS_KEYS). Returns the height (leaves 0), or
+ * -1 if broken. */
+static int ls_tree_check(const ls_node *nd, unsigned leaf, uint64_t *prev, int *first, uint64_t *count,
+                         uint64_t *ids) {
+    unsigned i;
+    int h = -2;
+    if (nd->kind == LS_IDS && leaf == LS_IDS) {
+        if (nd->n == 0 || nd->n > KVIDX_LS_LEAF || nd->width < 1 || nd->width > 8) return -1;
+        if (nd->n > 1 && ((ls_id(nd, nd->n - 1) - nd->x) & ~ls_mask(nd->width))) return -1;
+        for (i = 0; i < nd->n; i++) {
+            uint64_t id = ls_id(nd, i);
+            if (!*first && id <= *prev) return -1;
+            *first = 0, *prev = id;
+        }
+        *count += nd->n;
+        return 0;
+    }
+    if (nd->kind == LS_KEYS && leaf == LS_KEYS) {
+        if (nd->n == 0 || nd->n > KVIDX_LS_FAN || nd->x != nd->n) return -1;
+        for (i = 0; i < nd->n; i++) {
+            const ls_node *root = ls_ptr(nd, i);
+            uint64_t p = 0, c = 0;
+            int f = 1;
+            if (!*first && nd->u[i] <= *prev) return -1;
+            *first = 0, *prev = nd->u[i];
+            if (!root || (root->kind == LS_INNER && root->n < 2)) return -1;
+            if (ls_tree_check(root, LS_IDS, &p, &f, &c, NULL) < 0 || c != ls_count(root)) return -1;
+            *ids += c;
+        }
+        *count += nd->n;
+        return 0;
+    }
+    if (nd->kind != LS_INNER || nd->n == 0 || nd->n > KVIDX_LS_FAN) return -1;
+    {
+        uint64_t below = 0;
+        for (i = 0; i < nd->n; i++) {
+            const ls_node *c = ls_ptr(nd, i);
+            int ch;
+            if (nd->u[i] != (c->kind == LS_IDS ? c->x : c->u[0])) return -1;
+            ch = ls_tree_check(c, leaf, prev, first, &below, ids);
+            if (ch < 0 || (h != -2 && ch != h)) return -1;
+            h = ch;
+        }
+        if (below != nd->x) return -1;
+        *count += below;
+    }
+    return h + 1;
+}
+
+/* Reports one problem of shard s (the first few of each kind in full). */
+static void ck_problem(const kvidx *db, const vs_shard *s, uint64_t *n, const char *what, uint64_t a,
+                       uint64_t b) {
+    if ((*n)++ < 10)
+        db_log(db, "shard %u: damage: s%04u.%u: %s (%llu, %llu)", (unsigned)s->id, (unsigned)s->id,
+               (unsigned)s->gen, what, (unsigned long long)a, (unsigned long long)b);
+}
+
+/* Checks shard s of a read-only handle (see above); returns the problems. */
+static uint64_t ck_shard(kvidx *db, vs_shard *s) {
+    const uint64_t chunk = 32768;
+    uint8_t *buf = os_malloc(chunk * VS_REC);
+    uint64_t bad = 0, pos, i, *keys = NULL, n;
+    unsigned side;
+    if (!buf) return ck_problem(db, s, &bad, "out of memory for the check", 0, 0), bad;
+    /* Every record's value, live or not: slots are never reused. */
+    for (pos = 0; pos < s->kpos && !bad; pos += chunk) {
+        uint64_t m = s->kpos - pos < chunk ? s->kpos - pos : chunk;
+        if (os_pread(s->kfd, buf, m * VS_REC, VS_PAGE + pos * VS_REC)) {
+            ck_problem(db, s, &bad, "key log unreadable at record", pos, 0);
+            break;
+        }
+        for (i = 0; i < m; i++) {
+            vs_rec r;
+            if (!vs_rec_decode(buf + i * VS_REC, &r)) ck_problem(db, s, &bad, "key record changed since open", pos + i, 0);
+            else if (r.slot != VS_NOSLOT && ck_value(vs_slot_ptr(s->vs, s->vs->bsec, r.slot), r.len) != r.vsum)
+                ck_problem(db, s, &bad, "the value of key record (record, key) fails its checksum", pos + i, r.key);
+        }
+    }
+    os_free(buf);
+    /* The maps: each side's tree holds exactly its table's keys, ascending,
+     * and the two sides hold the same entries. */
+    n = s->map[0].ht.n;
+    if (s->map[1].ht.n != n) ck_problem(db, s, &bad, "the two maps hold different counts", n, s->map[1].ht.n);
+    keys = os_malloc((n + 1) * sizeof *keys);
+    for (side = 0; keys && side < 2; side++) {
+        uint64_t got = lr_bt_collect(&s->map[side].bt, 0, UINT64_MAX, keys, n + 1);
+        if (got != n) ck_problem(db, s, &bad, "a map's tree and table hold different counts (side, keys)", side, got);
+        for (i = 0; i < got; i++) {
+            const lr_ent *e = lr_map_get(&s->map[side], keys[i], ck_key(keys[i]));
+            const lr_ent *o = lr_map_get(&s->map[side ^ 1], keys[i], ck_key(keys[i]));
+            if (i && keys[i] <= keys[i - 1]) ck_problem(db, s, &bad, "a map's tree is out of order (side, key)", side, keys[i]);
+            if (!e || !o || e->slot != o->slot || e->len != o->len || e->vsum != o->vsum)
+                ck_problem(db, s, &bad, "the maps disagree on a key (side, key)", side, keys[i]);
+        }
+    }
+    if (!keys) ck_problem(db, s, &bad, "out of memory for the check", 0, 0);
+    os_free(keys);
+    /* The lists. */
+    if (s->lroot) {
+        uint64_t prev = 0, lists = 0, ids = 0;
+        int first = 1;
+        if (ls_tree_check(s->lroot, LS_KEYS, &prev, &first, &lists, &ids) < 0)
+            ck_problem(db, s, &bad, "the list index is malformed (lists, ids)", s->lists, s->lids);
+        else if (lists != s->lists || ids != s->lids)
+            ck_problem(db, s, &bad, "the lists disagree with their counts (lists, ids)", lists, ids);
+    }
+    return bad;
+}
+
+int kvidx_check_report(const char *dir, kvidx_log_fn fn, void *ud) {
+    kvidx_options o;
+    kvidx *db;
+    uint64_t bad = 0;
+    uint32_t i;
+    int rc;
+    kvidx_options_init(&o);
+    o.flags = KVIDX_RDONLY, o.sync_interval_ms = 0, o.compact_pct = 0;
+    o.log = fn, o.log_ud = ud;
+    if ((rc = kvidx_open(dir, &o, &db))) return rc;
+    for (i = 0; i < db->nshards; i++) bad += ck_shard(db, &db->sh[i]);
+    kvidx_close(db);
+    return bad ? KVIDX_ECORRUPT : KVIDX_OK;
+}
+
+int kvidx_check(const char *dir) { return kvidx_check_report(dir, NULL, NULL); }
 
 int kvidx_compact(kvidx *db) {
     uint32_t i;

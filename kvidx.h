@@ -309,6 +309,21 @@ int kvidx_list_scan(kvidx *db, uint64_t from, uint64_t to, kvidx_list_scan_fn fn
  * KVIDX_EINVAL. The other shards are still compacted. */
 int kvidx_compact(kvidx *db);
 
+/* Verifies the database in directory dir offline: opens it read only
+ * (which checks every header, both shard states, every key record, the
+ * value logs' lengths, the list snapshots and list logs, and rebuilds the
+ * maps), then checks every key record's value (live or overwritten)
+ * against its checksum, the two copies of each shard's map against each
+ * other, and every list's tree. Reads only; a torn tail left by a crash
+ * is not damage. Returns KVIDX_OK, KVIDX_ECORRUPT (damage: what and where
+ * went to the log), or an error of kvidx_open with KVIDX_RDONLY (e.g.
+ * KVIDX_ELOCKED while a writer has it open, KVIDX_EINVAL for a directory
+ * that is not a database, KVIDX_EVERSION). Never crashes on any file
+ * contents. kvidx_check writes its report to stderr; kvidx_check_report
+ * sends each line to fn(ud, line) instead (fn NULL: stderr). */
+int kvidx_check(const char *dir);
+int kvidx_check_report(const char *dir, kvidx_log_fn fn, void *ud);
+
 typedef struct kvidx_stats {
     uint32_t size;            /* in: sizeof(kvidx_stats) as the caller knows it */
     uint32_t shards;          /* shard count of the database */

@@ -60,38 +60,9 @@ static int m_del(model *m, uint64_t x) {
 
 /* ---- tree checks ------------------------------------------------------ */
 
-/* Checks the subtree nd; returns its height (leaves 0), or -1 if broken.
- * *prev: the last id seen (ascending across leaves); *first: none yet. */
+/* The library's own check of a list tree (kvidx_check uses it). */
 static int tree_check(const ls_node *nd, uint64_t *prev, int *first, uint64_t *count) {
-    unsigned i;
-    int h = -2;
-    if (nd->kind == LS_IDS) {
-        if (nd->n == 0 || nd->n > KVIDX_LS_LEAF || nd->width < 1 || nd->width > 8) return -1;
-        for (i = 0; i < nd->n; i++) {
-            uint64_t id = ls_id(nd, i);
-            if (!*first && id <= *prev) return -1;
-            *first = 0, *prev = id;
-        }
-        if (nd->n > 1 && ((ls_id(nd, nd->n - 1) - nd->x) & ~ls_mask(nd->width))) return -1;
-        *count += nd->n;
-        return 0;
-    }
-    if (nd->kind != LS_INNER || nd->n == 0 || nd->n > KVIDX_LS_FAN) return -1;
-    {
-        uint64_t below = 0;
-        for (i = 0; i < nd->n; i++) {
-            const ls_node *c = ls_ptr(nd, i);
-            int ch;
-            uint64_t first_id = c->kind == LS_IDS ? c->x : c->u[0];
-            if (nd->u[i] != first_id) return -1;
-            ch = tree_check(c, prev, first, &below);
-            if (ch < 0 || (h != -2 && ch != h)) return -1;
-            h = ch;
-        }
-        if (below != nd->x) return -1;
-        *count += below;
-    }
-    return h + 1;
+    return ls_tree_check(nd, LS_IDS, prev, first, count, NULL);
 }
 
 static int tree_ok(const ls_node *root, const model *m) {
