@@ -277,6 +277,14 @@ static int os_open(int dirfd, const char *name, int flags, int mode) {
     return fd < 0 ? -errno : fd;
 }
 
+/* dup(2), close-on-exec; returns the new fd or -errno. */
+static int os_dup(int fd) {
+    int e = OS_FAULT(OS_OPEN, "dup"), r;
+    if (e) return -e;
+    r = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    return r < 0 ? -errno : r;
+}
+
 static void os_close(int fd) {
     if (fd >= 0) close(fd);
 }
@@ -1491,6 +1499,8 @@ struct kvidx {
     kvidx_options opt;
     vs_shard *sh;
     pthread_mutex_t bg_mu; /* background sync thread: stop flag and wakeup */
+    pthread_mutex_t bk_mu; /* one backup or compaction at a time; before any shard's smu */
+    int backing_up;        /* atomic: a backup is copying; list logs must not be cut */
     pthread_cond_t bg_cv;
     pthread_t bg;
     int bg_started, bg_stop;
@@ -3456,6 +3466,7 @@ static void db_free(kvidx *db) {
     os_close(db->lockfd);
     os_close(db->dirfd);
     pthread_mutex_destroy(&db->bg_mu);
+    pthread_mutex_destroy(&db->bk_mu);
     pthread_cond_destroy(&db->bg_cv);
     db->magic = KVIDX_MAGIC_DEAD;
     os_free(db);
@@ -3606,6 +3617,7 @@ int kvidx_open(const char *dir, const kvidx_options *o, kvidx **out) {
     db->flags = opt.flags;
     db->dirfd = db->lockfd = -1;
     pthread_mutex_init(&db->bg_mu, NULL);
+    pthread_mutex_init(&db->bk_mu, NULL);
     {
         pthread_condattr_t ca;
         pthread_condattr_init(&ca);
@@ -3860,7 +3872,8 @@ static int ls_write(kvidx *db, unsigned op, uint64_t key, const uint64_t *ids, s
     pthread_mutex_lock(&s->mu);
     rc = s->err ? s->err : ls_apply(s, op & 0xFF, key, b, nb, &ch, 1);
     seq = s->wseq;
-    if (!rc && ch && s->lpos >= s->lsnap_retry && ls_log_large(s, 1)) {
+    if (!rc && ch && s->lpos >= s->lsnap_retry && ls_log_large(s, 1) &&
+        !__atomic_load_n(&db->backing_up, __ATOMIC_RELAXED)) { /* a backup copies the log as it is */
         /* The log outgrew the snapshot: fold it in (a stall for this
          * shard's writers, readers go on). A failure loses nothing; the
          * next try waits until the log has grown by LS_SNAP_RETRY. */
@@ -4354,6 +4367,7 @@ static int vs_compact(kvidx *db, vs_shard *s) {
     uint64_t t0;
     memset(&g, 0, sizeof g);
     g.k.fd = g.v.fd = g.b.fd = g.l.fd = -1;
+    pthread_mutex_lock(&db->bk_mu);
     pthread_mutex_lock(&s->smu);
     pthread_mutex_lock(&s->mu);
     t0 = os_now_ns();
@@ -4381,6 +4395,7 @@ static int vs_compact(kvidx *db, vs_shard *s) {
         cp_unlink_gen(db, s->id, g.gen);
         pthread_mutex_unlock(&s->mu);
         pthread_mutex_unlock(&s->smu);
+        pthread_mutex_unlock(&db->bk_mu);
         os_free(keys), os_free(slots);
         return rc;
     }
@@ -4417,6 +4432,7 @@ static int vs_compact(kvidx *db, vs_shard *s) {
     if (t0 > s->compact_ms_max) s->compact_ms_max = t0;
     pthread_mutex_unlock(&s->mu);
     pthread_mutex_unlock(&s->smu);
+    pthread_mutex_unlock(&db->bk_mu);
     vs_store_free(old);
     os_close(kfd), os_close(vfd), os_close(bfd), os_close(lfd);
     cp_unlink_gen(db, s->id, old_gen);
@@ -4562,6 +4578,177 @@ int kvidx_check_report(const char *dir, kvidx_log_fn fn, void *ud) {
 }
 
 int kvidx_check(const char *dir) { return kvidx_check_report(dir, NULL, NULL); }
+
+/* ---- backup -----------------------------------------------------------------
+ * One moment: with every shard's smu and mu held (writers wait, for as
+ * long as it takes to copy the buffers' used parts), each shard's
+ * positions are taken, its buffer copied, its files' descriptors
+ * duplicated (a compaction can then unlink nothing from under the copy:
+ * it waits for bk_mu anyway) and list-log cuts held off (backing_up).
+ * Then, with the writers going on, the files are copied up to those
+ * positions: key records, value sections and the list log are append-only
+ * below them. The copy gets its own shard state (everything durable) and
+ * finally its header, so it is a database only once complete. */
+
+typedef struct bk_shard {
+    int kfd, vfd, lfd, sfd; /* duplicates, -1: none */
+    uint32_t gen, epoch;
+    uint64_t kpos, bsec, lpos;
+    uint8_t *buf;           /* the buffer section's used part */
+    uint64_t blen;
+} bk_shard;
+
+#define BK_CHUNK ((uint64_t)1 << 20)
+
+/* Copies len bytes at off of fd from to the same offset of fd to. */
+static int bk_copy(int from, int to, uint64_t off, uint64_t len, uint8_t *tmp) {
+    while (len) {
+        uint64_t n = len < BK_CHUNK ? len : BK_CHUNK;
+        int r = os_pread(from, tmp, n, off);
+        if (!r) r = os_pwrite(to, tmp, n, off);
+        if (r) return os_rc(r);
+        off += n, len -= n;
+    }
+    return KVIDX_OK;
+}
+
+/* Writes shard i's files into directory dfd. */
+static int bk_write_shard(kvidx *db, int dfd, uint32_t i, const bk_shard *b, uint8_t *tmp) {
+    char name[48];
+    int fd, rc;
+    uint8_t page[VS_PAGE];
+    vs_shard sh;
+    vs_state st;
+    static const char ext[] = "kvbl";
+    unsigned e;
+    for (e = 0; e < 5; e++) {
+        int src = e == 0 ? b->kfd : e == 1 ? b->vfd : e == 3 ? b->lfd : e == 4 ? b->sfd : -1;
+        if (e == 4 && src < 0) break; /* no snapshot */
+        if (e < 4) vs_name(name, sizeof name, i, b->gen, ext[e]);
+        else snprintf(name, sizeof name, "s%04u.%u.ls", (unsigned)i, (unsigned)b->gen);
+        fd = os_open(dfd, name, O_RDWR | O_CREAT | O_TRUNC, 0644);
+        if (fd < 0) return os_rc(fd);
+        switch (e) {
+        case 0: rc = bk_copy(src, fd, 0, VS_PAGE + b->kpos * VS_REC, tmp); break;
+        case 1: rc = bk_copy(src, fd, 0, VS_PAGE + b->bsec * VS_VSEC_BYTES, tmp); break;
+        case 2:
+            memset(page, 0, sizeof page);
+            memset(&sh, 0, sizeof sh);
+            memset(&st, 0, sizeof st);
+            sh.id = i, sh.gen = b->gen;
+            st.seq = 1, st.section = b->bsec, st.synced = b->kpos, st.epoch = b->epoch, st.lsynced = b->lpos;
+            vs_state_encode(page, &sh, db->nshards, &st);
+            rc = os_rc(os_pwrite(fd, page, VS_PAGE, 0));
+            if (!rc && b->blen) rc = os_rc(os_pwrite(fd, b->buf, b->blen, VS_PAGE));
+            if (!rc) rc = os_rc(os_ftruncate(fd, VS_PAGE + VS_VSEC_BYTES));
+            break;
+        case 3:
+            if (src >= 0) {
+                rc = bk_copy(src, fd, 0, b->lpos, tmp);
+                break;
+            }
+            memset(page, 0, LS_LOG_HDR); /* a read-only handle on a 0.1 shard: an empty log */
+            vs_fhdr_encode(page, LS_MAGIC_L, i, db->nshards, b->gen);
+            vs_hdr_seal(page);
+            rc = os_rc(os_pwrite(fd, page, LS_LOG_HDR, 0));
+            break;
+        default: {
+            struct stat sst;
+            rc = fstat(src, &sst) ? os_rc(-errno) : bk_copy(src, fd, 0, (uint64_t)sst.st_size, tmp);
+        }
+        }
+        if (!rc) rc = os_rc(os_fsync(fd));
+        os_close(fd);
+        if (rc) return rc;
+    }
+    return KVIDX_OK;
+}
+
+/* Takes the moment (see above) into bk[0, nshards). */
+static int bk_capture(kvidx *db, bk_shard *bk) {
+    uint32_t i;
+    int rc = KVIDX_OK;
+    for (i = 0; i < db->nshards; i++) pthread_mutex_lock(&db->sh[i].smu);
+    for (i = 0; i < db->nshards; i++) pthread_mutex_lock(&db->sh[i].mu);
+    for (i = 0; i < db->nshards && !rc; i++) {
+        vs_shard *s = &db->sh[i];
+        bk_shard *b = &bk[i];
+        uint64_t used = s->next_slot - (s->vs->bsec << VS_SEC_SHIFT); /* slots in the buffer */
+        b->gen = s->gen, b->epoch = s->st.epoch;
+        b->kpos = s->kpos, b->bsec = s->vs->bsec, b->lpos = s->lpos;
+        b->blen = used * VS_SLOT;
+        if (s->err) rc = s->err; /* the shard's files may not be what it says */
+        if (!rc && b->blen && !(b->buf = os_malloc(b->blen))) rc = KVIDX_ENOMEM;
+        if (!rc && b->blen) memcpy(b->buf, s->vs->bmap + VS_PAGE, b->blen);
+        if (!rc && (b->kfd = os_dup(s->kfd)) < 0) rc = os_rc(b->kfd);
+        if (!rc && (b->vfd = os_dup(s->vfd)) < 0) rc = os_rc(b->vfd);
+        if (!rc && s->lfd >= 0 && (b->lfd = os_dup(s->lfd)) < 0) rc = os_rc(b->lfd);
+        if (!rc && s->lsnap_bytes) {
+            char name[48];
+            ls_name(name, sizeof name, s, "ls");
+            if ((b->sfd = os_open(db->dirfd, name, O_RDONLY, 0)) < 0) rc = os_rc(b->sfd);
+        }
+    }
+    if (!rc) __atomic_store_n(&db->backing_up, 1, __ATOMIC_RELAXED); /* under every mu */
+    for (i = db->nshards; i-- > 0;) pthread_mutex_unlock(&db->sh[i].mu);
+    for (i = db->nshards; i-- > 0;) pthread_mutex_unlock(&db->sh[i].smu);
+    return rc;
+}
+
+int kvidx_backup(kvidx *db, const char *dest) {
+    bk_shard *bk;
+    kvidx hd;
+    uint8_t *mem = NULL, *tmp;
+    uint32_t i;
+    int rc = db_check(db), dfd = -1, fd, empty;
+    struct stat st;
+    if (rc) return rc;
+    if (!dest || !*dest) return KVIDX_EINVAL;
+    if (stat(dest, &st)) {
+        if (errno != ENOENT) return os_rc(-errno);
+        if ((rc = os_mkdir(dest))) return rc == -ENOENT ? KVIDX_EINVAL : os_rc(rc);
+    } else if (!S_ISDIR(st.st_mode)) {
+        return KVIDX_EINVAL;
+    }
+    dfd = os_open(AT_FDCWD, dest, O_RDONLY | O_DIRECTORY, 0);
+    if (dfd < 0) return os_rc(dfd);
+    empty = db_dir_is_empty(dfd);
+    fd = os_open(dfd, DB_LOCK_NAME, O_RDONLY, 0);
+    if (empty <= 0 || fd >= 0) { /* something there already: a backup never overwrites */
+        os_close(fd), os_close(dfd);
+        return empty < 0 ? os_rc(empty) : KVIDX_EINVAL;
+    }
+    if (!(bk = os_calloc(db->nshards, sizeof *bk)) || !(mem = os_malloc(BK_CHUNK + VS_PAGE))) {
+        os_free(bk), os_close(dfd);
+        return KVIDX_ENOMEM;
+    }
+    /* aligned: the value log's descriptor reads with O_DIRECT */
+    tmp = (uint8_t *)(((uintptr_t)mem + VS_PAGE - 1) & ~(uintptr_t)(VS_PAGE - 1));
+    for (i = 0; i < db->nshards; i++) bk[i].kfd = bk[i].vfd = bk[i].lfd = bk[i].sfd = -1;
+    pthread_mutex_lock(&db->bk_mu);
+    rc = bk_capture(db, bk);
+    for (i = 0; !rc && i < db->nshards; i++) rc = bk_write_shard(db, dfd, i, &bk[i], tmp);
+    __atomic_store_n(&db->backing_up, 0, __ATOMIC_RELAXED);
+    pthread_mutex_unlock(&db->bk_mu);
+    for (i = 0; i < db->nshards; i++) {
+        os_close(bk[i].kfd), os_close(bk[i].vfd), os_close(bk[i].lfd), os_close(bk[i].sfd);
+        os_free(bk[i].buf);
+    }
+    os_free(bk), os_free(mem);
+    if (!rc) { /* the lock file, then the header: now it is a database */
+        fd = os_open(dfd, DB_LOCK_NAME, O_RDWR | O_CREAT, 0644);
+        rc = fd < 0 ? os_rc(fd) : KVIDX_OK;
+        os_close(fd);
+    }
+    if (!rc) rc = os_rc(os_fsync(dfd));
+    if (!rc) {
+        memset(&hd, 0, sizeof hd);
+        hd.dirfd = dfd, hd.nshards = db->nshards, hd.opt = db->opt;
+        rc = db_hdr_write(&hd, 0);
+    }
+    os_close(dfd);
+    return rc;
+}
 
 int kvidx_compact(kvidx *db) {
     uint32_t i;

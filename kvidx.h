@@ -309,6 +309,20 @@ int kvidx_list_scan(kvidx *db, uint64_t from, uint64_t to, kvidx_list_scan_fn fn
  * KVIDX_EINVAL. The other shards are still compacted. */
 int kvidx_compact(kvidx *db);
 
+/* Copies the database, as it is at one moment, into directory dest,
+ * while it serves: reads and writes go on; writers wait only while each
+ * shard's unflushed buffer is copied in memory (at most 16 MiB a shard).
+ * The copy holds exactly the writes that returned before that moment
+ * (acknowledged, durable or not in the source), is itself durable when
+ * the call returns, opens on its own and passes kvidx_check. dest is
+ * created (not its parents) or must be an empty directory; on failure it
+ * may hold a partial copy without kvidx.hdr, which no open takes for a
+ * database: remove it. Compactions wait for a backup (and the other way
+ * round). Returns KVIDX_OK, KVIDX_EINVAL (NULL or "" dest, dest not a
+ * directory or not empty, parent missing), KVIDX_EFULL, KVIDX_ENOMEM,
+ * KVIDX_EIO (also: a shard has a sticky write error), KVIDX_EMISUSE. */
+int kvidx_backup(kvidx *db, const char *dest);
+
 /* Verifies the database in directory dir offline: opens it read only
  * (which checks every header, both shard states, every key record, the
  * value logs' lengths, the list snapshots and list logs, and rebuilds the

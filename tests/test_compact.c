@@ -188,6 +188,15 @@ static int one_gen_each(const char *dir, uint32_t shards) {
     return bad == 0;
 }
 
+/* A log sink for kvidx_check_report: lines go to stderr with a prefix. */
+typedef struct report_t {
+    unsigned lines;
+} report_t;
+static void rep_line(void *ud, const char *msg) {
+    ((report_t *)ud)->lines++;
+    fprintf(stderr, "  check: %s\n", msg);
+}
+
 /* ---- 1. against the model ------------------------------------------------- */
 
 static void test_model_rounds(void) {
@@ -664,6 +673,114 @@ static void test_background(void) {
     t_rmrf(dir);
 }
 
+/* ---- 7. backup under writers ------------------------------------------------ */
+
+#define BK_KEYS 3000u
+
+typedef struct bkw {
+    kvidx *db;
+    int stop;         /* atomic */
+    uint32_t rounds;  /* atomic: rounds completed (every key written with ver = round) */
+    uint64_t bad;
+} bkw;
+
+/* Writes waves: round r puts (k, r) for k = 0, 1, ... in order and adds
+ * id r to list 5; so at any moment ver(0) >= ver(1) >= ... >= ver(0) - 1. */
+static void *bk_writer(void *arg) {
+    bkw *w = arg;
+    uint32_t r;
+    for (r = 1; !__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE) && r < 100000; r++) {
+        uint64_t k, id = r;
+        for (k = 0; k < BK_KEYS; k++) {
+            uint8_t v[KVIDX_VALUE_MAX];
+            size_t len = val_of(k, r, v);
+            if (len < 12) len = 12, memcpy(v, &k, 8), memcpy(v + 8, &r, 4); /* every version told apart */
+            w->bad += kvidx_put(w->db, k, v, len) != KVIDX_OK;
+        }
+        w->bad += kvidx_list_add(w->db, 5, &id, 1, NULL) != KVIDX_OK;
+        __atomic_store_n(&w->rounds, r, __ATOMIC_RELEASE);
+    }
+    return NULL;
+}
+
+/* The copy is one cut of the waves, taken no earlier than round `from`
+ * had finished and no later than round `to`: versions never rise along
+ * the key order and differ by at most one; list 5 holds the ids of the
+ * rounds finished at the cut (ver of the last key), or one more (the cut
+ * fell between that round's add and the next round's last put). */
+static uint64_t bk_verify(const char *dir, uint32_t from, uint32_t to) {
+    kvidx_options o = opts(4);
+    kvidx *db;
+    uint64_t k, bad = 0, n = 0, c = 0;
+    int64_t first = -1, prev = -1;
+    o.flags = KVIDX_RDONLY;
+    if (kvidx_open(dir, &o, &db) != KVIDX_OK) return 1;
+    for (k = 0; k < BK_KEYS; k++) {
+        uint8_t b[KVIDX_VALUE_MAX];
+        size_t len;
+        int64_t v = -1;
+        if (kvidx_get(db, k, b, sizeof b, &len) == KVIDX_OK && len >= 12) {
+            uint32_t ver;
+            memcpy(&ver, b + 8, 4);
+            v = val_check(k, b, len, 0) == (int64_t)ver || (len == 12 && !memcmp(b, &k, 8)) ? (int64_t)ver : -1;
+        }
+        if (v < 0 && k == 0) v = 0;
+        if (first < 0) first = v;
+        if (v < (int64_t)from || v > (int64_t)to + 1 || (prev >= 0 && v > prev) || v < first - 1) {
+            if (!bad) fprintf(stderr, "  backup: key %" PRIu64 " at version %" PRId64 " (first key %" PRId64
+                              ", previous %" PRId64 ", rounds %u..%u)\n", k, v, first, prev, from, to);
+            bad++;
+        }
+        prev = v;
+    }
+    if (kvidx_list_count(db, 5, &c) != KVIDX_OK) c = 0;
+    n = (uint64_t)prev; /* rounds finished at the cut: their ids are all in */
+    if (c != n && c != n + 1) { /* the cut may fall between round n's last put and its add */
+        fprintf(stderr, "  backup: list of %" PRIu64 " ids, last key at version %" PRIu64 "\n", c, n);
+        bad++;
+    }
+    kvidx_close(db);
+    return bad;
+}
+
+static void test_backup(void) {
+    const char *dir = t_dir("cp_bk"), *copy = t_dir("cp_bk_copy"), *copy2 = t_dir("cp_bk_copy2");
+    kvidx_options o = opts(4);
+    bkw w;
+    pthread_t th;
+    uint32_t from, to, i;
+    report_t rep;
+    t_watchdog("test_backup", 300);
+    t_rmrf(dir), t_rmrf(copy), t_rmrf(copy2);
+    memset(&w, 0, sizeof w);
+    o.compact_pct = 50, o.sync_interval_ms = 50; /* background compactions wait for backups */
+    REQUIRE(kvidx_open(dir, &o, &w.db) == KVIDX_OK);
+    REQUIRE(pthread_create(&th, NULL, bk_writer, &w) == 0);
+    for (i = 0; i < 3; i++) {
+        while (__atomic_load_n(&w.rounds, __ATOMIC_ACQUIRE) < 2 + 2 * i) t_sleep_ms(5);
+        from = __atomic_load_n(&w.rounds, __ATOMIC_ACQUIRE);
+        t_rmrf(copy);
+        CHECK_RC(kvidx_backup(w.db, copy), KVIDX_OK);
+        to = __atomic_load_n(&w.rounds, __ATOMIC_ACQUIRE);
+        CHECK_RC(kvidx_check_report(copy, rep_line, &rep), KVIDX_OK);
+        CHECK(bk_verify(copy, from, to) == 0);
+    }
+    __atomic_store_n(&w.stop, 1, __ATOMIC_RELEASE);
+    pthread_join(th, NULL);
+    CHECK(w.bad == 0);
+    CHECK_RC(kvidx_backup(w.db, copy), KVIDX_EINVAL); /* not empty */
+    CHECK_RC(kvidx_backup(w.db, NULL), KVIDX_EINVAL);
+    CHECK_RC(kvidx_close(w.db), KVIDX_OK);
+    /* a read-only handle backs up too; the copy of the copy is the same */
+    o = opts(4);
+    o.flags = KVIDX_RDONLY;
+    REQUIRE(kvidx_open(copy, &o, &w.db) == KVIDX_OK);
+    CHECK_RC(kvidx_backup(w.db, copy2), KVIDX_OK);
+    CHECK_RC(kvidx_close(w.db), KVIDX_OK);
+    CHECK_RC(kvidx_check(copy2), KVIDX_OK);
+    t_rmrf(dir), t_rmrf(copy), t_rmrf(copy2);
+}
+
 int main(void) {
     t_init("test_compact");
     T_RUN(test_model_rounds);
@@ -672,6 +789,7 @@ int main(void) {
     T_RUN(test_error_at_every_call);
     T_RUN(test_concurrent);
     T_RUN(test_background);
+    T_RUN(test_backup);
     alarm(0);
     return t_done();
 }
