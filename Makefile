@@ -20,7 +20,7 @@ BENCH_DEPS := liblmdb-dev:/usr/include/lmdb.h librocksdb-dev:/usr/include/rocksd
 
 # Tests: black-box ones link kvidx.c; white-box ones #include it (-DKVIDX_TEST).
 TESTS_BB := test_api test_model test_crash test_concurrency test_lists
-TESTS_WB := test_recovery test_lr test_lists_wb test_compact test_check
+TESTS_WB := test_recovery test_lr test_lists_wb test_compact test_check test_powercut
 VARIANT  ?= test
 SAN      ?=
 OUT      := build/$(VARIANT)
@@ -84,7 +84,7 @@ $(addprefix $(OUT)/,$(TESTS_BB)): $(OUT)/%: tests/%.c kvidx.c kvidx.h tests/harn
 	@mkdir -p $(OUT)
 	$(CC) $(WARN) -D_GNU_SOURCE -O1 -g $(SAN) $(TFLAGS) -I. tests/$*.c kvidx.c -o $@ $(LDLIBS)
 
-$(addprefix $(OUT)/,$(TESTS_WB)): $(OUT)/%: tests/%.c kvidx.c kvidx.h tests/harness.h
+$(addprefix $(OUT)/,$(TESTS_WB)): $(OUT)/%: tests/%.c kvidx.c kvidx.h tests/harness.h tests/powercut.h
 	@mkdir -p $(OUT)
 	$(CC) $(WARN) -D_GNU_SOURCE -O1 -g $(SAN) -DKVIDX_TEST -I. tests/$*.c -o $@ $(LDLIBS)
 

@@ -210,13 +210,39 @@ typedef enum {
 } os_op;
 
 #ifdef KVIDX_TEST
-/* Test hook: called before every OS call; a non-zero return is used as the
- * call's errno and the call is not made. Process-wide on purpose: tests
- * only, never compiled into the library. */
+/* Test hooks, process-wide on purpose: tests only, never compiled into
+ * the library.
+ * os_fault_hook: called before every OS call; a non-zero return is used
+ * as the call's errno and the call is not made, except that a write
+ * given OS_SHORT | errno first writes half its bytes (a short write, then
+ * the error).
+ * os_trace_hook: told of every successful open (fd, name; dirfd in off;
+ * a dup: name NULL, the original fd in off), mmap (fd, addr, off, len),
+ * sync (fdatasync/fsync: fd; msync: addr, len), truncate (fd, len),
+ * rename (name -> name2, dirfd in off) and unlink (name, dirfd in off):
+ * enough to keep, beside the files, what a power cut would leave. */
+#define OS_SHORT 0x40000000
+typedef struct os_event {
+    os_op op;
+    int fd;
+    const void *addr;
+    uint64_t off, len;
+    const char *name, *name2;
+} os_event;
 static int (*os_fault_hook)(os_op op, const char *what);
+static void (*os_trace_hook)(const os_event *ev);
 #define OS_FAULT(op, what) (os_fault_hook ? os_fault_hook((op), (what)) : 0)
+static void os_trace(os_op op, int fd, const void *addr, uint64_t off, uint64_t len, const char *name,
+                     const char *name2) {
+    os_event ev;
+    if (!os_trace_hook) return;
+    ev.op = op, ev.fd = fd, ev.addr = addr, ev.off = off, ev.len = len, ev.name = name, ev.name2 = name2;
+    os_trace_hook(&ev);
+}
+#define OS_TRACE(op, fd, addr, off, len, name, name2) os_trace((op), (fd), (addr), (off), (len), (name), (name2))
 #else
 #define OS_FAULT(op, what) 0
+#define OS_TRACE(op, fd, addr, off, len, name, name2) ((void)0)
 #endif
 
 /* Maps an errno from a failed call to a kvidx code: a full disk is
@@ -274,7 +300,9 @@ static int os_open(int dirfd, const char *name, int flags, int mode) {
     if (e) return -e;
     do fd = openat(dirfd, name, flags | O_CLOEXEC, mode);
     while (fd < 0 && errno == EINTR);
-    return fd < 0 ? -errno : fd;
+    if (fd < 0) return -errno;
+    OS_TRACE(OS_OPEN, fd, NULL, (uint64_t)(int64_t)dirfd, 0, name, NULL);
+    return fd;
 }
 
 /* dup(2), close-on-exec; returns the new fd or -errno. */
@@ -282,7 +310,9 @@ static int os_dup(int fd) {
     int e = OS_FAULT(OS_OPEN, "dup"), r;
     if (e) return -e;
     r = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-    return r < 0 ? -errno : r;
+    if (r < 0) return -errno;
+    OS_TRACE(OS_OPEN, r, NULL, (uint64_t)fd, 0, NULL, NULL);
+    return r;
 }
 
 static void os_close(int fd) {
@@ -309,6 +339,13 @@ static int os_pread(int fd, void *buf, size_t n, uint64_t off) {
 static int os_pwrite(int fd, const void *buf, size_t n, uint64_t off) {
     const uint8_t *p = buf;
     int e = OS_FAULT(OS_WRITE, "pwrite");
+#ifdef KVIDX_TEST
+    if (e & OS_SHORT) { /* half of it, then the error */
+        ssize_t r = pwrite(fd, p, n / 2, (off_t)off);
+        (void)r;
+        return -(e & ~OS_SHORT);
+    }
+#endif
     if (e) return -e;
     while (n) {
         ssize_t r = pwrite(fd, p, n, (off_t)off);
@@ -323,19 +360,25 @@ static int os_pwrite(int fd, const void *buf, size_t n, uint64_t off) {
 static int os_fdatasync(int fd) {
     int e = OS_FAULT(OS_SYNC, "fdatasync");
     if (e) return -e;
-    return fdatasync(fd) ? -errno : 0;
+    if (fdatasync(fd)) return -errno;
+    OS_TRACE(OS_SYNC, fd, NULL, 0, 0, NULL, NULL);
+    return 0;
 }
 
 static int os_fsync(int fd) {
     int e = OS_FAULT(OS_SYNC, "fsync");
     if (e) return -e;
-    return fsync(fd) ? -errno : 0;
+    if (fsync(fd)) return -errno;
+    OS_TRACE(OS_SYNC, fd, NULL, 0, 0, NULL, NULL);
+    return 0;
 }
 
 static int os_ftruncate(int fd, uint64_t size) {
     int e = OS_FAULT(OS_TRUNC, "ftruncate");
     if (e) return -e;
-    return ftruncate(fd, (off_t)size) ? -errno : 0;
+    if (ftruncate(fd, (off_t)size)) return -errno;
+    OS_TRACE(OS_TRUNC, fd, NULL, 0, size, NULL, NULL);
+    return 0;
 }
 
 /* Reserves disk blocks for [off, off+len), growing the file if needed.
@@ -373,6 +416,7 @@ static void *os_mmap(int fd, uint64_t off, uint64_t len, int writable, int *err)
         *err = -errno;
         return NULL;
     }
+    OS_TRACE(OS_MMAP, fd, p, off, len, NULL, NULL);
     return p;
 }
 
@@ -418,20 +462,26 @@ static int os_msync(void *p, uint64_t len) {
     int e = OS_FAULT(OS_SYNC, "msync");
     if (e) return -e;
     len += (uintptr_t)p - a;
-    return msync((void *)a, (size_t)len, MS_SYNC) ? -errno : 0;
+    if (msync((void *)a, (size_t)len, MS_SYNC)) return -errno;
+    OS_TRACE(OS_SYNC, -1, (void *)a, 0, len, NULL, NULL);
+    return 0;
 }
 
 static int os_renameat(int dirfd, const char *from, const char *to) {
     int e = OS_FAULT(OS_RENAME, to);
     if (e) return -e;
-    return renameat(dirfd, from, dirfd, to) ? -errno : 0;
+    if (renameat(dirfd, from, dirfd, to)) return -errno;
+    OS_TRACE(OS_RENAME, -1, NULL, (uint64_t)(int64_t)dirfd, 0, from, to);
+    return 0;
 }
 
 /* unlinkat(2) of a file; returns 0 or -errno. */
 static int os_unlinkat(int dirfd, const char *name) {
     int e = OS_FAULT(OS_UNLINK, name);
     if (e) return -e;
-    return unlinkat(dirfd, name, 0) ? -errno : 0;
+    if (unlinkat(dirfd, name, 0)) return -errno;
+    OS_TRACE(OS_UNLINK, -1, NULL, (uint64_t)(int64_t)dirfd, 0, name, NULL);
+    return 0;
 }
 
 static int os_mkdir(const char *path) {
