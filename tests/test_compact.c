@@ -673,6 +673,59 @@ static void test_background(void) {
     t_rmrf(dir);
 }
 
+/* ---- 8. allocation failures in puts --------------------------------------------
+ * Every allocation a put makes (the tables' and trees' growth, a new
+ * key section's mapping is not an allocation) failed in turn: the put
+ * returns KVIDX_ENOMEM and stores nothing; the same put then succeeds.
+ * (Open: test_recovery; list writes: test_lists_wb; compaction: every
+ * OS call of it, allocations included, in test_error_at_every_call.) */
+
+static int g_alloc_at, g_allocs;
+static int fail_alloc(os_op op, const char *what) {
+    (void)what;
+    if (op != OS_MALLOC) return 0;
+    return ++g_allocs == g_alloc_at ? ENOMEM : 0;
+}
+
+static void test_put_alloc_failures(void) {
+    const char *dir = t_dir("cp_putalloc");
+    kvidx_options o = opts(2);
+    kvidx *db;
+    uint64_t k, bad = 0, failures = 0, n = 20000 / SAN_SLOW;
+    t_rmrf(dir);
+    REQUIRE(kvidx_open(dir, &o, &db) == KVIDX_OK);
+    for (k = 0; k < n; k++) {
+        uint8_t v[16], b[16];
+        size_t len;
+        int rc;
+        memset(v, (int)k, sizeof v);
+        for (g_alloc_at = 1;; g_alloc_at++) {
+            g_allocs = 0;
+            os_fault_hook = fail_alloc;
+            rc = kvidx_put(db, k * 7919, v, sizeof v);
+            os_fault_hook = NULL;
+            if (rc == KVIDX_OK) break;
+            failures++;
+            bad += rc != KVIDX_ENOMEM || kvidx_get(db, k * 7919, b, sizeof b, &len) != KVIDX_NOTFOUND;
+            if (g_alloc_at > 50) {
+                bad++;
+                break;
+            }
+        }
+        bad += kvidx_get(db, k * 7919, b, sizeof b, &len) != KVIDX_OK || len != sizeof v || memcmp(b, v, len);
+    }
+    printf("  %" PRIu64 " puts of new keys, %" PRIu64 " failed allocations, each an ENOMEM that stored nothing\n",
+           n, failures);
+    CHECK(failures > 10);
+    CHECK(bad == 0);
+    CHECK_RC(kvidx_close(db), KVIDX_OK);
+    REQUIRE(kvidx_open(dir, &o, &db) == KVIDX_OK);
+    CHECK_RC(kvidx_check(dir) == KVIDX_ELOCKED ? KVIDX_OK : KVIDX_EIO, KVIDX_OK);
+    CHECK_RC(kvidx_close(db), KVIDX_OK);
+    CHECK_RC(kvidx_check(dir), KVIDX_OK);
+    t_rmrf(dir);
+}
+
 /* ---- 7. backup under writers ------------------------------------------------ */
 
 #define BK_KEYS 3000u
@@ -790,6 +843,7 @@ int main(void) {
     T_RUN(test_concurrent);
     T_RUN(test_background);
     T_RUN(test_backup);
+    T_RUN(test_put_alloc_failures);
     alarm(0);
     return t_done();
 }
