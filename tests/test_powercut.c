@@ -239,7 +239,7 @@ static void test_errors(void) {
             model m;
             uint32_t k, ok_ops = 0, synced_ops = 0, s;
             uint64_t seed = 42 + (uint64_t)at, save;
-            int rc;
+            int rc, eio = 0;
             t_rmrf(dir);
             REQUIRE(kvidx_open(dir, &o, &db) == KVIDX_OK);
             memset(&m, 0, sizeof m);
@@ -252,6 +252,7 @@ static void test_errors(void) {
                 if (rc != KVIDX_OK) {
                     m = before; /* a write that failed stored nothing */
                     if (rc != KVIDX_EIO && rc != KVIDX_EFULL) bad++;
+                    eio |= rc == KVIDX_EIO;
                     failed_calls++;
                     continue; /* the models list what returned OK */
                 }
@@ -260,6 +261,13 @@ static void test_errors(void) {
             }
             t_rng = save;
             for (s = 0; s < SHARDS; s++) bad += !shard_is(db, s, &m); /* reads see what returned OK */
+            if (eio) { /* the shard that failed refuses writes from then on: it does not pretend */
+                uint64_t key;
+                int refused = 0;
+                os_fault_hook = NULL;
+                for (key = 1000000; key < 1000000 + 64; key++) refused |= kvidx_put(db, key, "x", 1) == KVIDX_EIO;
+                bad += !refused;
+            }
             kvidx_close(db);
             os_fault_hook = NULL;
             done = g_call < at;
