@@ -44,7 +44,8 @@
  *     its bytes are in shared file pages the kernel writes out.
  *   - On power loss, what was written before the last kvidx_sync(), or
  *     before the last background sync (every sync_interval_ms, default
- *     1000), survives. With KVIDX_SYNC every write that returned survives.
+ *     1000), survives. With KVIDX_SYNC every write that returned survives
+ *     (writers of a shard that wait for a sync together share it).
  *   - A torn tail left by a crash is detected by checksums at open and
  *     dropped; everything before it is kept. Open never fails on a torn
  *     tail and never returns bytes that were not written.
@@ -55,9 +56,11 @@
  *   - One process at a time: a second open of a directory, from this or
  *     another process, gets KVIDX_ELOCKED (read-only opens may share).
  *   - Overwrites and deletes append: the space they leave is counted
- *     (kvidx_stat) and reclaimed by compaction, a later release. List
- *     changes append to a per-shard log that is folded into a snapshot at
- *     open and close (log >= 1 MiB) and while writing (log >= 64 MiB).
+ *     (kvidx_stat) and given back by kvidx_compact, which a background
+ *     thread runs on a shard once half of it is garbage (compact_pct).
+ *     List changes append to a per-shard log that is folded into a
+ *     snapshot at open and close (log >= 1 MiB), while writing (log >=
+ *     64 MiB) and by compaction.
  *   - Linux only for now (flock, fallocate, O_DIRECT, mmap).
  *
  * Return codes: 0 is OK, positive values are statuses (KVIDX_NOTFOUND),
@@ -80,11 +83,11 @@ extern "C" {
 /* ---- version --------------------------------------------------------- */
 
 #define KVIDX_VERSION_MAJOR 0
-#define KVIDX_VERSION_MINOR 2
+#define KVIDX_VERSION_MINOR 3
 #define KVIDX_VERSION_PATCH 0
 #define KVIDX_VERSION_NUMBER \
     (KVIDX_VERSION_MAJOR * 10000 + KVIDX_VERSION_MINOR * 100 + KVIDX_VERSION_PATCH)
-#define KVIDX_VERSION_STRING "0.2.0"
+#define KVIDX_VERSION_STRING "0.3.0"
 
 /* ---- limits ----------------------------------------------------------- */
 
@@ -113,7 +116,7 @@ extern "C" {
  * get "unknown error"). Thread-safe. */
 const char *kvidx_strerror(int rc);
 
-/* The library's version, e.g. "0.2.0"; equals KVIDX_VERSION_STRING of the
+/* The library's version, e.g. "0.3.0"; equals KVIDX_VERSION_STRING of the
  * header it was built with. Thread-safe. */
 const char *kvidx_version(void);
 
