@@ -29,6 +29,7 @@ TESTBINS := $(addprefix $(OUT)/,$(TESTS_BB) $(TESTS_WB))
 
 .PHONY: bench-lr
 .PHONY: bench-lists bench-list-one
+.PHONY: bench-ops
 .PHONY: all deps lib test demo bench bench-deps bench-values asan tsan valgrind install \
         uninstall check-symbols clean help run-tests
 
@@ -127,6 +128,15 @@ build/bench_lists: bench/bench_lists.c bench/bench.h kvidx.c kvidx.h | deps benc
 	$(CC) $(WARN) -D_GNU_SOURCE -O2 -g -DNDEBUG -I. bench/bench_lists.c kvidx.c -o $@ \
 	  -llmdb -lhiredis -lm $(LDLIBS)
 
+# Compaction (space, time, writer and reader latency under it) and KVIDX_SYNC puts from 1, 2, 8
+# threads against LMDB's durable commit, beside the raw fdatasync cost (bench/bench_ops.c; about 30 s).
+bench-ops: deps bench-deps build/bench_ops
+	./build/bench_ops
+
+build/bench_ops: bench/bench_ops.c bench/bench.h kvidx.c kvidx.h | deps bench-deps
+	@mkdir -p build
+	$(CC) $(WARN) -D_GNU_SOURCE -O2 -g -DNDEBUG -I. bench/bench_ops.c kvidx.c -o $@ -llmdb $(LDLIBS)
+
 # The value store alone.
 bench-values: deps build/bench_values
 	./build/bench_values
@@ -184,6 +194,7 @@ help:
 	@echo "make bench-lr   reads under a writer: Left-Right against a rwlock build"
 	@echo "make bench-lists  kvidx lists against Redis and LMDB (bench/bench_lists.c; installs them)"
 	@echo "make bench-list-one  one list grown to 1M ids one id per call"
+	@echo "make bench-ops  compaction, and KVIDX_SYNC puts (1, 2, 8 threads) against LMDB (bench/bench_ops.c)"
 	@echo "make install    install to \$$DESTDIR\$$PREFIX (default /usr/local)"
 	@echo "make uninstall  remove what install put there"
 	@echo "make check-symbols  fail if libkvidx.so exports anything but kvidx_*"
