@@ -1493,7 +1493,9 @@ typedef struct vs_store {
 
 typedef struct vs_shard {
     pthread_mutex_t mu;    /* serializes the shard's writers; readers never take it */
-    pthread_mutex_t smu;   /* one sync (or compaction) of the shard at a time; before mu */
+    pthread_mutex_t smu;   /* held by a sync, a compaction, a backup: the files stay put; before mu */
+    pthread_cond_t sync_cv; /* (with mu) a sync finished */
+    int syncing;           /* (mu) a sync of the shard is running */
     uint64_t wseq;         /* writes so far: key records and list records appended */
     uint64_t dseq;         /* wseq covered by the last completed sync */
     lr_ctl *lr;            /* Left-Right control */
@@ -1968,36 +1970,52 @@ static lr_slot *vs_read_begin(vs_shard *s, unsigned *side, const vs_store **v, u
 }
 
 /* Makes the shard's writes durable up to write number upto (s->wseq
- * after the caller's write; UINT64_MAX: every write so far): the buffer
- * (values, state), the key log and the list log; then raises the durable
- * prefixes in the state, which the next sync of the buffer file persists
- * (they only ever lag). One sync of a shard runs at a time (smu), without
- * the mutex during the syncs: writers go on meanwhile. A caller whose
- * write a sync covered while it waited for smu returns at once: writers
- * with KVIDX_SYNC that arrive together share one fdatasync of each file
- * (group commit). Compaction holds smu too: the files stay put. */
+ * after the caller's write; UINT64_MAX: every write so far): the files
+ * written since the last sync (buffer with the values and the state, key
+ * log, list log), then raises the durable prefixes in the state, which
+ * the next sync of the buffer file persists (they only ever lag).
+ * Group commit: one sync of a shard runs at a time (syncing); a caller
+ * that finds one running waits for it and returns if it covered its write,
+ * so writers with KVIDX_SYNC that arrive together share one fdatasync of
+ * each file; else it runs the next one. The syncs run without the mutex
+ * (writers go on) and under smu, which compaction and backup hold while
+ * they swap or copy files. */
 static int vs_sync_upto(kvidx *db, vs_shard *s, uint64_t upto) {
     uint64_t pos, lpos, ltrunc, seq;
-    int r;
-    pthread_mutex_lock(&s->smu);
+    int r, sb, sk, sl;
     pthread_mutex_lock(&s->mu);
-    r = s->err;
-    pos = s->kpos, lpos = s->lpos, ltrunc = s->ltrunc, seq = s->wseq;
-    if (!r && ((upto != UINT64_MAX && s->dseq >= upto) || (pos == s->durable && lpos == s->ldurable)))
-        r = 1; /* covered already, or nothing new */
-    pthread_mutex_unlock(&s->mu);
+    for (;;) {
+        if ((r = s->err)) break;
+        if (upto != UINT64_MAX && s->dseq >= upto) { /* a sync covered it */
+            r = 1;
+            break;
+        }
+        if (!s->syncing) {
+            if (s->kpos == s->durable && s->lpos == s->ldurable) r = 1; /* nothing new */
+            break;
+        }
+        pthread_cond_wait(&s->sync_cv, &s->mu); /* a sync runs: it may cover us */
+    }
     if (r) {
-        pthread_mutex_unlock(&s->smu);
+        pthread_mutex_unlock(&s->mu);
         return r < 0 ? r : KVIDX_OK;
     }
-    r = os_fdatasync(s->bfd);
-    if (!r) r = os_fdatasync(s->kfd);
-    if (!r) r = os_fdatasync(s->lfd);
+    s->syncing = 1;
+    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_lock(&s->smu);
+    pthread_mutex_lock(&s->mu);
+    pos = s->kpos, lpos = s->lpos, ltrunc = s->ltrunc, seq = s->wseq;
+    sk = pos != s->durable, sl = lpos != s->ldurable, sb = sk || s->st_dirty;
+    pthread_mutex_unlock(&s->mu);
+    r = sb ? os_fdatasync(s->bfd) : 0;
+    if (!r && sk) r = os_fdatasync(s->kfd);
+    if (!r && sl) r = os_fdatasync(s->lfd);
     pthread_mutex_lock(&s->mu);
     if (r) {
         r = vs_fail_sync(s);
     } else {
         int dirty = 0;
+        if (sb) s->st_dirty = 0; /* the state as of before this sync is on disk */
         if (ltrunc != s->ltrunc) lpos = 0; /* the log was cut meanwhile: lpos is stale */
         if (pos > s->st.synced) s->st.synced = pos, dirty = 1;
         if (lpos > s->st.lsynced) s->st.lsynced = lpos, dirty = 1;
@@ -2006,6 +2024,8 @@ static int vs_sync_upto(kvidx *db, vs_shard *s, uint64_t upto) {
         if (lpos > s->ldurable) s->ldurable = lpos;
         if (seq > s->dseq) s->dseq = seq;
     }
+    s->syncing = 0;
+    pthread_cond_broadcast(&s->sync_cv);
     pthread_mutex_unlock(&s->mu);
     pthread_mutex_unlock(&s->smu);
     return r;
@@ -2237,6 +2257,7 @@ static void vs_release_shard(vs_shard *s) {
     s->lr = NULL;
     pthread_mutex_destroy(&s->mu);
     pthread_mutex_destroy(&s->smu);
+    pthread_cond_destroy(&s->sync_cv);
     s->kmap = NULL;
     s->kfd = s->vfd = s->bfd = -1;
 }
@@ -3634,6 +3655,7 @@ static int db_open(kvidx *db, const char *dir) {
         s->ksec = UINT64_MAX;
         pthread_mutex_init(&s->mu, NULL);
         pthread_mutex_init(&s->smu, NULL);
+        pthread_cond_init(&s->sync_cv, NULL);
         if ((rc = lr_map_init(&s->map[0])) || (rc = lr_map_init(&s->map[1]))) return rc;
         if (!(s->lr = lr_ctl_new())) return KVIDX_ENOMEM;
         if (!(s->vs = vs_store_new())) return KVIDX_ENOMEM;
