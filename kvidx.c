@@ -16,7 +16,7 @@
  *   6. List store (ls_)           copy-on-write trees of compressed ids,
  *                                 the list log and the snapshot
  *   7. Shards and the public API  open/close/sync, values, lists, scans
- *   8. Maintenance                stats
+ *   8. Maintenance                check, backup, compaction, stats
  *
  * Concurrency: every shard has one mutex that serializes its writers, and
  * two copies of its map (Left-Right, section 4): readers take no lock,
@@ -65,14 +65,15 @@
 #define KVIDX_SHARDS_DEFAULT 8
 #endif
 
-/* Default background sync period; bounds what a power cut can take. */
+/* Default garbage percent at which a shard is compacted in the
+ * background; shards smaller than KVIDX_COMPACT_MIN are left alone. */
 #ifndef KVIDX_COMPACT_PCT_DEFAULT
 #define KVIDX_COMPACT_PCT_DEFAULT 50
 #endif
-/* Background compaction leaves shards smaller than this alone. */
 #ifndef KVIDX_COMPACT_MIN
 #define KVIDX_COMPACT_MIN ((uint64_t)16 << 20)
 #endif
+/* Default background sync period; bounds what a power cut can take. */
 #ifndef KVIDX_SYNC_INTERVAL_DEFAULT
 #define KVIDX_SYNC_INTERVAL_DEFAULT 1000
 #endif
@@ -3489,12 +3490,25 @@ static int db_find_gens(kvidx *db) {
             closedir(d);
             return KVIDX_ECORRUPT;
         }
-    /* A read-write open removes the files of every other generation: the
-     * old one of a compaction that committed, the new one of a compaction
-     * that did not. */
-    if (!(db->flags & KVIDX_RDONLY)) {
-        int removed = 0;
-        rewinddir(d);
+    closedir(d);
+    return KVIDX_OK;
+}
+
+/* After a read-write open has opened every shard: removes the files of
+ * every other generation (the old one of a compaction that committed, the
+ * new one of one that did not). Only then: should the chosen generation
+ * prove damaged, the other is still there to look at. Best effort. */
+static void db_clean_gens(kvidx *db) {
+    int fd = dup(db->dirfd), removed = 0;
+    DIR *d;
+    struct dirent *de;
+    if (fd < 0) return;
+    if (!(d = fdopendir(fd))) {
+        close(fd);
+        return;
+    }
+    rewinddir(d);
+    {
         while ((de = readdir(d))) {
             unsigned id, gen;
             int at = 0;
@@ -3509,7 +3523,6 @@ static int db_find_gens(kvidx *db) {
         if (removed) (void)os_fsync(db->dirfd);
     }
     closedir(d);
-    return KVIDX_OK;
 }
 
 /* Creates (or finishes creating) the database: header marked incomplete,
@@ -3643,6 +3656,7 @@ static int db_open(kvidx *db, const char *dir) {
         if (!rw) return KVIDX_EINVAL; /* creation was interrupted: not a database yet */
         if ((rc = db_create(db))) return rc;
     } else if (hflags) {
+        db_log(db, "damage: %s: unknown flags 0x%x", DB_HDR_NAME, (unsigned)hflags);
         return KVIDX_ECORRUPT;
     }
 
@@ -3664,7 +3678,9 @@ static int db_open(kvidx *db, const char *dir) {
         s->lcx->s = s;
     }
     if ((rc = db_find_gens(db))) return rc;
-    return db_open_shards(db);
+    if ((rc = db_open_shards(db))) return rc;
+    if (rw) db_clean_gens(db);
+    return KVIDX_OK;
 }
 
 int kvidx_open(const char *dir, const kvidx_options *o, kvidx **out) {
@@ -3725,7 +3741,6 @@ static int db_sync_all(kvidx *db) {
     return rc;
 }
 
-/* The background sync: every sync_interval_ms until close. */
 /* The shard's value store holds enough garbage for a background
  * compaction (compact_pct of its bytes, and KVIDX_COMPACT_MIN in all). */
 static int vs_wants_compact(const kvidx *db, vs_shard *s) {
@@ -4360,8 +4375,10 @@ static int cp_write(kvidx *db, vs_shard *s, cp_gen *g, const uint64_t *keys, uin
     vs_hdr_seal(page);
     if ((rc = cp_open(db, &g->v, s->id, g->gen, "v")) || (rc = os_rc(os_pwrite(g->v.fd, page, VS_PAGE, 0))))
         return rc;
+    /* The buffer file is written through a mapping: its blocks are
+     * reserved first, so a full disk is KVIDX_EFULL here, not a SIGBUS. */
     if ((rc = cp_open(db, &g->b, s->id, g->gen, "b.tmp")) ||
-        (rc = os_rc(os_ftruncate(g->b.fd, VS_PAGE + VS_VSEC_BYTES))))
+        (rc = os_rc(os_fallocate(g->b.fd, 0, VS_PAGE + VS_VSEC_BYTES))))
         return rc;
     g->vs->bmap = os_mmap(g->b.fd, 0, VS_PAGE + VS_VSEC_BYTES, 1, &err);
     if (!g->vs->bmap) return os_rc(err);
@@ -4402,7 +4419,9 @@ static int cp_write(kvidx *db, vs_shard *s, cp_gen *g, const uint64_t *keys, uin
     if ((rc = os_rc(os_fdatasync(g->k.fd))) || (rc = os_rc(os_fdatasync(g->v.fd))) ||
         (rc = os_rc(os_msync(g->vs->bmap, VS_PAGE + VS_VSEC_BYTES))) || (rc = os_rc(os_fsync(g->b.fd))))
         return rc;
-    return KVIDX_OK;
+    /* Every new file's directory entry durable before the commit names
+     * the generation: a power cut must not keep the rename without them. */
+    return os_rc(os_fsync(db->dirfd));
 }
 
 /* Unlinks the files of generation gen of shard id (those that exist). */
@@ -4498,7 +4517,10 @@ static int vs_compact(kvidx *db, vs_shard *s) {
     s->lsnap_bytes = g.lsnap, s->lsnap_retry = 0;
     s->dseq = s->wseq;
     s->vdirect = os_set_direct(s->vfd, 1) == 0;
+    if (!s->vdirect)
+        db_log(db, "shard %u: O_DIRECT refused by the file system, value log uses buffered IO", (unsigned)s->id);
     s->compactions++;
+    s->cp_retry = 0;
     if (os_fsync(db->dirfd)) rc = vs_fail_sync(s); /* the commit may not survive a power cut */
     t0 = (os_now_ns() - t0) / 1000000u;
     if (t0 > s->compact_ms_max) s->compact_ms_max = t0;
@@ -4574,7 +4596,8 @@ static int ls_tree_check(const ls_node *nd, unsigned leaf, uint64_t *prev, int *
     return h + 1;
 }
 
-/* Reports one problem of shard s (the first few of each kind in full). */
+/* Reports one problem of shard s (the first 10 of a shard; the others
+ * are counted). */
 static void ck_problem(const kvidx *db, const vs_shard *s, uint64_t *n, const char *what, uint64_t a,
                        uint64_t b) {
     if ((*n)++ < 10)
@@ -4582,18 +4605,23 @@ static void ck_problem(const kvidx *db, const vs_shard *s, uint64_t *n, const ch
                (unsigned)s->gen, what, (unsigned long long)a, (unsigned long long)b);
 }
 
-/* Checks shard s of a read-only handle (see above); returns the problems. */
-static uint64_t ck_shard(kvidx *db, vs_shard *s) {
+/* Checks shard s of a read-only handle (see above); returns the problems
+ * found; *err: KVIDX_ENOMEM or KVIDX_EIO if the check itself could not
+ * finish. */
+static uint64_t ck_shard(kvidx *db, vs_shard *s, int *err) {
     const uint64_t chunk = 32768;
     uint8_t *buf = os_malloc(chunk * VS_REC);
     uint64_t bad = 0, pos, i, *keys = NULL, n;
     unsigned side;
-    if (!buf) return ck_problem(db, s, &bad, "out of memory for the check", 0, 0), bad;
+    if (!buf) {
+        *err = KVIDX_ENOMEM;
+        return 0;
+    }
     /* Every record's value, live or not: slots are never reused. */
     for (pos = 0; pos < s->kpos && !bad; pos += chunk) {
         uint64_t m = s->kpos - pos < chunk ? s->kpos - pos : chunk;
         if (os_pread(s->kfd, buf, m * VS_REC, VS_PAGE + pos * VS_REC)) {
-            ck_problem(db, s, &bad, "key log unreadable at record", pos, 0);
+            *err = KVIDX_EIO;
             break;
         }
         for (i = 0; i < m; i++) {
@@ -4620,7 +4648,7 @@ static uint64_t ck_shard(kvidx *db, vs_shard *s) {
                 ck_problem(db, s, &bad, "the maps disagree on a key (side, key)", side, keys[i]);
         }
     }
-    if (!keys) ck_problem(db, s, &bad, "out of memory for the check", 0, 0);
+    if (!keys) *err = KVIDX_ENOMEM;
     os_free(keys);
     /* The lists. */
     if (s->lroot) {
@@ -4639,14 +4667,14 @@ int kvidx_check_report(const char *dir, kvidx_log_fn fn, void *ud) {
     kvidx *db;
     uint64_t bad = 0;
     uint32_t i;
-    int rc;
+    int rc, err = 0;
     kvidx_options_init(&o);
     o.flags = KVIDX_RDONLY, o.sync_interval_ms = 0, o.compact_pct = 0;
     o.log = fn, o.log_ud = ud;
     if ((rc = kvidx_open(dir, &o, &db))) return rc;
-    for (i = 0; i < db->nshards; i++) bad += ck_shard(db, &db->sh[i]);
+    for (i = 0; i < db->nshards && !err; i++) bad += ck_shard(db, &db->sh[i], &err);
     kvidx_close(db);
-    return bad ? KVIDX_ECORRUPT : KVIDX_OK;
+    return err ? err : bad ? KVIDX_ECORRUPT : KVIDX_OK; /* err: the check could not finish */
 }
 
 int kvidx_check(const char *dir) { return kvidx_check_report(dir, NULL, NULL); }

@@ -313,14 +313,15 @@ int kvidx_list_scan(kvidx *db, uint64_t from, uint64_t to, kvidx_list_scan_fn fn
 int kvidx_compact(kvidx *db);
 
 /* Copies the database, as it is at one moment, into directory dest,
- * while it serves: reads and writes go on; writers wait only while each
- * shard's unflushed buffer is copied in memory (at most 16 MiB a shard).
+ * while it serves: reads and writes go on; writers wait only while the
+ * shards' unflushed buffers are copied in memory, all shards at once (at
+ * most 16 MiB a shard).
  * The copy holds exactly the writes that returned before that moment
  * (acknowledged, durable or not in the source), is itself durable when
  * the call returns, opens on its own and passes kvidx_check. dest is
  * created (not its parents) or must be an empty directory; on failure it
- * may hold a partial copy without kvidx.hdr, which no open takes for a
- * database: remove it. Compactions wait for a backup (and the other way
+ * may hold a partial copy, without kvidx.hdr unless only the last
+ * directory sync failed: remove it. Compactions wait for a backup (and the other way
  * round). Returns KVIDX_OK, KVIDX_EINVAL (NULL or "" dest, dest not a
  * directory or not empty, parent missing), KVIDX_EFULL, KVIDX_ENOMEM,
  * KVIDX_EIO (also: a shard has a sticky write error), KVIDX_EMISUSE. */
@@ -333,7 +334,9 @@ int kvidx_backup(kvidx *db, const char *dest);
  * against its checksum, the two copies of each shard's map against each
  * other, and every list's tree. Reads only; a torn tail left by a crash
  * is not damage. Returns KVIDX_OK, KVIDX_ECORRUPT (damage: what and where
- * went to the log), or an error of kvidx_open with KVIDX_RDONLY (e.g.
+ * went to the log, at most 10 lines a shard), KVIDX_ENOMEM or KVIDX_EIO
+ * (the check itself could not finish), or an error of kvidx_open with
+ * KVIDX_RDONLY (e.g.
  * KVIDX_ELOCKED while a writer has it open, KVIDX_EINVAL for a directory
  * that is not a database, KVIDX_EVERSION). Never crashes on any file
  * contents. kvidx_check writes its report to stderr; kvidx_check_report
@@ -387,7 +390,9 @@ typedef struct kvidx_stats {
  * than the first two fields), KVIDX_EMISUSE. */
 int kvidx_stat(kvidx *db, kvidx_stats *st);
 
-/* The same figures for shard `shard` (0 .. st->shards - 1) alone. Returns
+/* The same figures for shard `shard` (0 .. st->shards - 1) alone (shards
+ * and syncs stay those of the database; disk_bytes leaves out kvidx.hdr).
+ * Returns
  * KVIDX_OK, KVIDX_EINVAL (as kvidx_stat, or shard out of range),
  * KVIDX_EMISUSE. */
 int kvidx_stat_shard(kvidx *db, uint32_t shard, kvidx_stats *st);
