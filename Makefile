@@ -20,7 +20,7 @@ BENCH_DEPS := liblmdb-dev:/usr/include/lmdb.h librocksdb-dev:/usr/include/rocksd
 
 # Tests: black-box ones link kvidx.c; white-box ones #include it (-DKVIDX_TEST).
 TESTS_BB := test_api test_model test_crash test_concurrency test_lists
-TESTS_WB := test_recovery test_lr test_lists_wb test_compact test_check test_powercut
+TESTS_WB := test_recovery test_lr test_lists_wb test_compact test_check test_powercut test_faults
 VARIANT  ?= test
 SAN      ?=
 OUT      := build/$(VARIANT)

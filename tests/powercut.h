@@ -82,14 +82,23 @@ static uint8_t *pc_read_fd(int fd, uint64_t *size) {
         *size = 0;
         return NULL;
     }
-    b = malloc((size_t)st.st_size + 1);
-    while (got < st.st_size) {
-        ssize_t r = pread(rfd, b + got, (size_t)(st.st_size - got), got);
-        if (r <= 0) break;
-        got += r;
+    b = calloc(1, (size_t)st.st_size + 1);
+    while (got < st.st_size) { /* the data regions only: the buffer file is mostly holes */
+        off_t data = lseek(rfd, got, SEEK_DATA), hole;
+        if (data < 0) break; /* no data up to the end */
+        hole = lseek(rfd, data, SEEK_HOLE);
+        if (hole < 0 || hole > st.st_size) hole = st.st_size;
+        for (got = data; got < hole;) {
+            ssize_t r = pread(rfd, b + got, (size_t)(hole - got), got);
+            if (r <= 0) {
+                got = hole;
+                break;
+            }
+            got += r;
+        }
     }
     close(rfd);
-    *size = (uint64_t)got;
+    *size = (uint64_t)st.st_size;
     return b;
 }
 
