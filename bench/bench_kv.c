@@ -39,7 +39,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -49,6 +48,7 @@
 #include <rocksdb/c.h>
 
 #include "kvidx.h"
+#define BENCH_PROG "bench_kv"
 #define BENCH_FILES
 #include "bench.h"
 
@@ -73,24 +73,10 @@ static const char *g_dir = "bench/data/kv";
 
 /* ==== 2. failure ======================================================== */
 
-static const char *g_engine = "bench"; /* named in every failure message */
-static const char *g_phase = "setup";
-static int g_child;                    /* in a forked child: leave with _exit */
-
-/* Prints "bench_kv: ENGINE PHASE: message" and ends the process. A child
- * leaves with _exit so no library destructor runs beside live threads;
- * the parent sees the failure and stops the whole run. */
-static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-static void fail(const char *fmt, ...) {
-    va_list ap;
-    fprintf(stderr, "bench_kv: %s %s: ", g_engine, g_phase);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    if (g_child) _exit(1);
-    exit(1);
-}
+/* bench_fail (bench.h): "bench_kv: ENGINE PHASE: message", then exit (a
+ * child: _exit, so no library destructor runs beside live threads); the
+ * parent sees the failure and stops the whole run. g_bench_part is the
+ * engine, g_bench_phase the phase. */
 
 /* ==== 3. keys and values ================================================ */
 
@@ -151,11 +137,11 @@ static double rss_bytes(void) {
     char line[256];
     double kb = -1;
     FILE *f = fopen("/proc/self/status", "r");
-    if (!f) fail("/proc/self/status: %s", strerror(errno));
+    if (!f) bench_fail("/proc/self/status: %s", strerror(errno));
     while (fgets(line, sizeof line, f))
         if (!strncmp(line, "VmRSS:", 6)) kb = atof(line + 6);
     fclose(f);
-    if (kb < 0) fail("no VmRSS in /proc/self/status");
+    if (kb < 0) bench_fail("no VmRSS in /proc/self/status");
     return kb * 1024.0;
 }
 
@@ -223,13 +209,13 @@ static void rd_plain_fini(rd *r) { (void)r; }
 
 /* RocksDB and LevelDB report errors as malloc'd strings. */
 static void err_check(char *err, const char *what) {
-    if (err) fail("%s: %s", what, err);
+    if (err) bench_fail("%s: %s", what, err);
 }
 
 /* ---- kvidx --------------------------------------------------------------- */
 
 static void kv_check(int rc, const char *what) {
-    if (rc) fail("%s: %s", what, kvidx_strerror(rc));
+    if (rc) bench_fail("%s: %s", what, kvidx_strerror(rc));
 }
 
 static void kv_open(db *d, const char *dir, int mode) {
@@ -278,7 +264,7 @@ static void kv_del(db *d, uint64_t key) {
 /* ---- LMDB ---------------------------------------------------------------- */
 
 static void lm_check(int rc, const char *what) {
-    if (rc) fail("%s: %s", what, mdb_strerror(rc));
+    if (rc) bench_fail("%s: %s", what, mdb_strerror(rc));
 }
 
 /* Default: MDB_NOSYNC (LMDB's own default fsyncs every commit). Batch:
@@ -286,7 +272,7 @@ static void lm_check(int rc, const char *what) {
 static void lm_open(db *d, const char *dir, int mode) {
     unsigned flags = mode == MODE_SYNC ? 0u : mode == MODE_BATCH ? MDB_WRITEMAP | MDB_NOSYNC : MDB_NOSYNC;
     MDB_txn *t;
-    if (mkdir(dir, 0755) && errno != EEXIST) fail("mkdir %s: %s", dir, strerror(errno));
+    if (mkdir(dir, 0755) && errno != EEXIST) bench_fail("mkdir %s: %s", dir, strerror(errno));
     lm_check(mdb_env_create(&d->env), "mdb_env_create");
     lm_check(mdb_env_set_mapsize(d->env, (size_t)LMDB_MAPSIZE), "mdb_env_set_mapsize");
     lm_check(mdb_env_open(d->env, dir, flags, 0644), "mdb_env_open");
@@ -341,7 +327,7 @@ static void lm_scan(rd *r, uint64_t from, visit_fn fn, void *ud) {
     /* Bounded: the visitor fails past the N keys expected. */
     for (rc = mdb_cursor_get(r->cur, &k, &v, MDB_SET_RANGE); rc == 0;
          rc = mdb_cursor_get(r->cur, &k, &v, MDB_NEXT)) {
-        if (k.mv_size != 8) fail("mdb_cursor_get: a %zu-byte key", k.mv_size);
+        if (k.mv_size != 8) bench_fail("mdb_cursor_get: a %zu-byte key", k.mv_size);
         if (fn(ud, be_get(k.mv_data), v.mv_data, v.mv_size)) break;
     }
     if (rc && rc != MDB_NOTFOUND) lm_check(rc, "mdb_cursor_get");
@@ -435,7 +421,7 @@ static void rk_scan(rd *r, uint64_t from, visit_fn fn, void *ud) {
     for (rocksdb_iter_seek(it, (const char *)kb, 8); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
         size_t klen, vlen;
         const char *k = rocksdb_iter_key(it, &klen), *v = rocksdb_iter_value(it, &vlen);
-        if (klen != 8) fail("rocksdb iterator: a %zu-byte key", klen);
+        if (klen != 8) bench_fail("rocksdb iterator: a %zu-byte key", klen);
         if (fn(ud, be_get(k), v, vlen)) break;
     }
     rocksdb_iter_get_error(it, &err);
@@ -521,7 +507,7 @@ static void lv_scan(rd *r, uint64_t from, visit_fn fn, void *ud) {
     for (leveldb_iter_seek(it, (const char *)kb, 8); leveldb_iter_valid(it); leveldb_iter_next(it)) {
         size_t klen, vlen;
         const char *k = leveldb_iter_key(it, &klen), *v = leveldb_iter_value(it, &vlen);
-        if (klen != 8) fail("leveldb iterator: a %zu-byte key", klen);
+        if (klen != 8) bench_fail("leveldb iterator: a %zu-byte key", klen);
         if (fn(ud, be_get(k), v, vlen)) break;
     }
     leveldb_iter_get_error(it, &err);
@@ -569,6 +555,8 @@ static const engine g_engines[NENG] = {
     {"rocksdb", 0, rk_open, rk_close, rd_plain_init, rd_plain_fini, rk_get, rk_scan, rk_put, rk_put_batch, rk_del},
     {"leveldb", 0, lv_open, lv_close, rd_plain_init, rd_plain_fini, lv_get, lv_scan, lv_put, lv_put_batch, lv_del},
 };
+
+static const char *engine_name(int e) { return g_engines[e].name; }
 
 static void db_open(db *d, const engine *e, const char *dir, int mode) {
     memset(d, 0, sizeof *d);
@@ -632,11 +620,11 @@ typedef struct result {
 
 static int g_rep; /* this child's repeat, for progress lines */
 
-static void phase(const char *name) { g_phase = name; }
+static void phase(const char *name) { g_bench_phase = name; }
 
 static void progress(double v, const char *unit) {
-    fprintf(stderr, "bench_kv: %-7s rep %d/%d  %-16s %14.*f %s\n", g_engine, g_rep + 1, g_repeat,
-            g_phase, v < 100 ? 4 : 0, v, unit);
+    fprintf(stderr, "bench_kv: %-7s rep %d/%d  %-16s %14.*f %s\n", g_bench_part, g_rep + 1, g_repeat, g_bench_phase,
+            v < 100 ? 4 : 0, v, unit);
 }
 
 static double rate(uint64_t ops, double secs) { return (double)ops / (secs > 0 ? secs : 1e-9); }
@@ -647,13 +635,12 @@ static void expect_val(rd *r, uint64_t key, uint32_t ver) {
     bench_make_val(key, ver, v);
     g = r->d->e->get(r, key, v, NULL);
     if (g != G_A)
-        fail("key %016" PRIx64 ": %s (expected version %u)", key,
-             g == G_MISS ? "missing" : "wrong value", ver);
+        bench_fail("key %016" PRIx64 ": %s (expected version %u)", key, g == G_MISS ? "missing" : "wrong value", ver);
 }
 
 static void expect_missing(rd *r, uint64_t key) {
     int g = r->d->e->get(r, key, NULL, NULL);
-    if (g != G_MISS) fail("key %016" PRIx64 ": present, expected missing", key);
+    if (g != G_MISS) bench_fail("key %016" PRIx64 ": present, expected missing", key);
 }
 
 /* Untimed: CHECK_SAMPLES random keys of the set hold version ver. */
@@ -672,12 +659,12 @@ typedef struct scan_chk {
 static int scan_visit(void *ud, uint64_t key, const void *val, size_t len) {
     scan_chk *c = ud;
     uint8_t v[VLEN];
-    if (c->pos >= g_n) fail("scan: key %016" PRIx64 " after the last key of the set", key);
+    if (c->pos >= g_n) bench_fail("scan: key %016" PRIx64 " after the last key of the set", key);
     if (key != g_sorted[c->pos])
-        fail("scan: key %016" PRIx64 " where %016" PRIx64 " was expected (order, missing or foreign key)",
-             key, g_sorted[c->pos]);
+        bench_fail("scan: key %016" PRIx64 " where %016" PRIx64 " was expected (order, missing or foreign key)", key,
+                   g_sorted[c->pos]);
     bench_make_val(key, c->ver, v);
-    if (len != VLEN || memcmp(val, v, VLEN)) fail("scan: key %016" PRIx64 ": wrong value", key);
+    if (len != VLEN || memcmp(val, v, VLEN)) bench_fail("scan: key %016" PRIx64 ": wrong value", key);
     c->pos++;
     c->seen++;
     return c->seen >= c->want;
@@ -795,7 +782,8 @@ static void *rw_reader(void *arg) {
         g = e->get(&r, key, a, b);
         t1 = bench_now_ns();
         if (g != G_A && g != G_B)
-            fail("key %016" PRIx64 ": %s (expected version 1 or 2)", key, g == G_MISS ? "missing" : "wrong value");
+            bench_fail("key %016" PRIx64 ": %s (expected version 1 or 2)", key,
+                       g == G_MISS ? "missing" : "wrong value");
         hist_add(&c->h, t1 - t0);
         ops++;
     }
@@ -836,7 +824,7 @@ static void rw_phase(db *d, result *res) {
         th[i].d = d;
         th[i].seed = g_seed ^ (0x1234567ull * (uint64_t)(i + 1));
         if (pthread_create(&tid[i], NULL, i < RW_READERS ? rw_reader : rw_writer, &th[i]))
-            fail("pthread_create failed");
+            bench_fail("pthread_create failed");
     }
     deadline = bench_now_ns() + (uint64_t)(g_rw_secs * 1e9);
     for (i = 0; i < 10000000; i++) { /* bounded: a signal may cut a sleep short, not forever */
@@ -924,7 +912,7 @@ static void run_engine(const engine *e, result *res) {
         if (e->get(&d.main, k, NULL, NULL) != G_MISS) {
             /* 64-bit random keys: a hit is all but impossible; if the key
              * is in the set after all, its value must be right. */
-            if (!in_set(k)) fail("key %016" PRIx64 " found but never written", k);
+            if (!in_set(k)) bench_fail("key %016" PRIx64 " found but never written", k);
             expect_val(&d.main, k, 1);
         }
     }
@@ -940,7 +928,7 @@ static void run_engine(const engine *e, result *res) {
         sc.pos = at, sc.seen = 0, sc.want = SCAN_LEN, sc.ver = 1;
         e->scan(&d.main, g_sorted[at], scan_visit, &sc);
         if (sc.seen != expect)
-            fail("scan from %016" PRIx64 ": %" PRIu64 " keys, expected %" PRIu64, g_sorted[at], sc.seen, expect);
+            bench_fail("scan from %016" PRIx64 ": %" PRIu64 " keys, expected %" PRIu64, g_sorted[at], sc.seen, expect);
         total += sc.seen;
     }
     res->v[M_SCAN100] = rate(total, bench_now_s() - t);
@@ -951,7 +939,7 @@ static void run_engine(const engine *e, result *res) {
     t = bench_now_s();
     e->scan(&d.main, 0, scan_visit, &sc);
     res->v[M_SCANFULL] = rate(sc.seen, bench_now_s() - t);
-    if (sc.seen != n) fail("%" PRIu64 " keys, expected %" PRIu64, sc.seen, n);
+    if (sc.seen != n) bench_fail("%" PRIu64 " keys, expected %" PRIu64, sc.seen, n);
     progress(res->v[M_SCANFULL], "keys/s");
 
     phase("overwrite");
@@ -1011,41 +999,27 @@ static void run_engine(const engine *e, result *res) {
     sync();
 }
 
+/* What run_child's child runs: engine e, repeat rep. */
+typedef struct child_arg {
+    const engine *e;
+    int rep;
+} child_arg;
+
+static void child_main(void *out, void *arg) {
+    const child_arg *c = arg;
+    result *r = out;
+    int i;
+    g_bench_part = c->e->name, g_rep = c->rep;
+    for (i = 0; i < M_COUNT; i++) r->v[i] = -1;
+    run_engine(c->e, r);
+}
+
 /* Runs e in a forked child; its result comes back through a pipe as the
  * plain struct. Returns 0, or -1 when the child failed (it said why). */
 static int run_child(const engine *e, int rep, result *out) {
-    int fd[2], status, i;
-    size_t got = 0;
-    pid_t pid;
-    fflush(NULL);
-    if (pipe(fd)) fail("pipe: %s", strerror(errno));
-    pid = fork();
-    if (pid < 0) fail("fork: %s", strerror(errno));
-    if (pid == 0) {
-        result r;
-        size_t put = 0;
-        g_child = 1, g_engine = e->name, g_rep = rep;
-        close(fd[0]);
-        for (i = 0; i < M_COUNT; i++) r.v[i] = -1;
-        run_engine(e, &r);
-        while (put < sizeof r) { /* bounded: every pass writes >= 1 byte or fails */
-            ssize_t w = write(fd[1], (const char *)&r + put, sizeof r - put);
-            if (w <= 0) fail("pipe write: %s", strerror(errno));
-            put += (size_t)w;
-        }
-        _exit(0);
-    }
-    close(fd[1]);
-    while (got < sizeof *out) { /* bounded: every pass reads >= 1 byte or stops */
-        ssize_t r = read(fd[0], (char *)out + got, sizeof *out - got);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) break;
-        got += (size_t)r;
-    }
-    close(fd[0]);
-    if (waitpid(pid, &status, 0) < 0) fail("waitpid: %s", strerror(errno));
-    if (got != sizeof *out || !WIFEXITED(status) || WEXITSTATUS(status) != 0) return -1;
-    return 0;
+    child_arg c;
+    c.e = e, c.rep = rep;
+    return bench_run_child(child_main, &c, out, sizeof *out);
 }
 
 /* ==== 8. results ============================================================ */
@@ -1066,61 +1040,11 @@ static double median_of(int e, int m) {
     return k % 2 ? xs[k / 2] : (xs[k / 2 - 1] + xs[k / 2]) / 2;
 }
 
-/* v with thousands separators and dec decimals; "-" when not measured. */
-static const char *fmt_num(char *out, size_t cap, double v, int dec) {
-    char tmp[64], *dot;
-    size_t i, intlen, o = 0;
-    if (v < 0) return "-";
-    snprintf(tmp, sizeof tmp, "%.*f", dec, v);
-    dot = strchr(tmp, '.');
-    intlen = dot ? (size_t)(dot - tmp) : strlen(tmp);
-    for (i = 0; tmp[i] && o + 2 < cap; i++) {
-        if (i > 0 && i < intlen && (intlen - i) % 3 == 0) out[o++] = ',';
-        out[o++] = tmp[i];
-    }
-    out[o] = '\0';
-    return out;
-}
-
 static char g_ver_lmdb[128], g_ver_rocksdb[128], g_ver_leveldb[32], g_cpu[256], g_kernel[256], g_fs[512];
-
-static void read_cpu(void) {
-    char line[512];
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    snprintf(g_cpu, sizeof g_cpu, "unknown");
-    if (!f) return;
-    while (fgets(line, sizeof line, f)) {
-        char *c = strchr(line, ':');
-        if (strncmp(line, "model name", 10) || !c) continue;
-        c += 1 + (c[1] == ' ');
-        c[strcspn(c, "\n")] = '\0';
-        snprintf(g_cpu, sizeof g_cpu, "%s", c);
-        break;
-    }
-    fclose(f);
-}
-
-/* The filesystem holding dir: the longest mount point that prefixes it. */
-static void read_fs(const char *dir) {
-    char real[PATH_CAP], line[2048], dev[512], mnt[1024], type[64];
-    size_t best = 0;
-    FILE *f;
-    snprintf(g_fs, sizeof g_fs, "unknown");
-    if (!realpath(dir, real) || !(f = fopen("/proc/self/mounts", "r"))) return;
-    while (fgets(line, sizeof line, f)) {
-        size_t l;
-        if (sscanf(line, "%511s %1023s %63s", dev, mnt, type) != 3) continue;
-        l = strlen(mnt);
-        if (strncmp(real, mnt, l) || (l > 1 && real[l] && real[l] != '/')) continue;
-        if (l >= best) best = l, snprintf(g_fs, sizeof g_fs, "%.63s (%.200s on %.200s)", type, dev, mnt);
-    }
-    fclose(f);
-}
 
 static void read_versions(void) {
     int a, b, c;
     FILE *p;
-    struct utsname u;
     mdb_version(&a, &b, &c);
     snprintf(g_ver_lmdb, sizeof g_ver_lmdb, "%d.%d.%d", a, b, c);
     snprintf(g_ver_leveldb, sizeof g_ver_leveldb, "%d.%d", leveldb_major_version(), leveldb_minor_version());
@@ -1134,9 +1058,8 @@ static void read_versions(void) {
         }
         pclose(p);
     }
-    snprintf(g_kernel, sizeof g_kernel, "unknown");
-    if (!uname(&u)) snprintf(g_kernel, sizeof g_kernel, "%s %s %s", u.sysname, u.release, u.machine);
-    read_cpu();
+    bench_read_kernel(g_kernel, sizeof g_kernel);
+    bench_read_cpu(g_cpu, sizeof g_cpu);
 }
 
 static const char *g_config[NENG] = {
@@ -1154,50 +1077,21 @@ static const char *g_config[NENG] = {
     "iterator per scan",
 };
 
-static void json_str(const char *s) {
-    putchar('"');
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') printf("\\%c", c);
-        else if (c < 0x20) printf("\\u%04x", c);
-        else putchar(c);
-    }
-    putchar('"');
-}
-
-static void json_num(double v, int dec) {
-    if (v < 0) printf("null");
-    else printf("%.*f", dec, v);
-}
-
 static void print_json(void) {
     int e, m, i, first;
     printf("{\n  \"bench\": \"bench_kv\",\n  \"versions\": {\"kvidx\": ");
-    json_str(kvidx_version());
-    printf(", \"lmdb\": ");
-    json_str(g_ver_lmdb);
-    printf(", \"rocksdb\": ");
-    json_str(g_ver_rocksdb);
-    printf(", \"leveldb\": ");
-    json_str(g_ver_leveldb);
+    bench_json_str(kvidx_version());
+    bench_json_field("lmdb", g_ver_lmdb);
+    bench_json_field("rocksdb", g_ver_rocksdb);
+    bench_json_field("leveldb", g_ver_leveldb);
     printf("},\n  \"n\": %" PRIu64 ", \"seed\": %" PRIu64 ", \"repeat\": %d, \"value_bytes\": %d,"
-           " \"rw_secs\": %.3f, \"rw_readers\": %d,\n  \"nproc\": %ld, \"cpu\": ",
-           g_n, g_seed, g_repeat, VLEN, g_rw_secs, RW_READERS, sysconf(_SC_NPROCESSORS_ONLN));
-    json_str(g_cpu);
-    printf(", \"kernel\": ");
-    json_str(g_kernel);
-    printf(", \"filesystem\": ");
-    json_str(g_fs);
-    printf(", \"dir\": ");
-    json_str(g_dir);
-    printf(",\n  \"engines\": {");
-    for (e = 0, first = 1; e < NENG; e++) {
-        if (!g_sel[e]) continue;
-        printf("%s\n    \"%s\": ", first ? "" : ",", g_engines[e].name);
-        json_str(g_config[e]);
-        first = 0;
-    }
-    printf("\n  },\n  \"metrics\": [");
+           " \"rw_secs\": %.3f, \"rw_readers\": %d,\n  ",
+           g_n, g_seed, g_repeat, VLEN, g_rw_secs, RW_READERS);
+    bench_json_machine(g_cpu, g_kernel);
+    bench_json_field("filesystem", g_fs);
+    bench_json_field("dir", g_dir);
+    bench_json_engines(engine_name, g_config, g_sel, NENG);
+    printf(",\n  \"metrics\": [");
     for (m = 0; m < M_COUNT; m++) {
         const struct metric *mt = &g_metrics[m];
         printf("%s\n    {\"name\": \"%s\", \"unit\": \"%s\", \"better\": \"%s\",\n     \"median\": {",
@@ -1205,7 +1099,7 @@ static void print_json(void) {
         for (e = 0, first = 1; e < NENG; e++) {
             if (!g_sel[e]) continue;
             printf("%s\"%s\": ", first ? "" : ", ", g_engines[e].name);
-            json_num(median_of(e, m), mt->decimals);
+            bench_json_num(median_of(e, m), mt->decimals);
             first = 0;
         }
         printf("},\n     \"runs\": {");
@@ -1214,7 +1108,7 @@ static void print_json(void) {
             printf("%s\"%s\": [", first ? "" : ", ", g_engines[e].name);
             for (i = 0; i < g_repeat; i++) {
                 printf("%s", i ? ", " : "");
-                json_num(g_res[e * g_repeat + i].v[m], mt->decimals);
+                bench_json_num(g_res[e * g_repeat + i].v[m], mt->decimals);
             }
             printf("]");
             first = 0;
@@ -1231,27 +1125,6 @@ static void print_json(void) {
         printf("}}");
     }
     printf("\n  ]\n}\n");
-}
-
-/* Prints text as lines of at most width columns, the first after head,
- * the others indented to line up with it. */
-static void print_wrapped(const char *head, const char *text, int width) {
-    int indent = (int)strlen(head), col = indent;
-    const char *w = text;
-    fputs(head, stdout);
-    while (*w) { /* bounded: every pass consumes a word and its spaces */
-        int len = (int)strcspn(w, " ");
-        if (col > indent && col + 1 + len > width) {
-            printf("\n%*s", indent, "");
-            col = indent;
-        }
-        if (col > indent) putchar(' '), col++;
-        printf("%.*s", len, w);
-        col += len;
-        w += len;
-        w += strspn(w, " ");
-    }
-    putchar('\n');
 }
 
 static void print_table(void) {
@@ -1278,7 +1151,7 @@ static void print_table(void) {
                    RW_READERS, g_rw_secs, g_n / 2);
         printf("%-17s %-6s %-6s", mt->name, mt->unit, mt->lower_better ? "lower" : "higher");
         for (e = 0; e < NENG; e++)
-            if (g_sel[e]) printf(" %14s", fmt_num(b1, sizeof b1, median_of(e, m), mt->decimals));
+            if (g_sel[e]) printf(" %14s", bench_fmt_num(b1, sizeof b1, median_of(e, m), mt->decimals));
         for (e = 1; e < NENG; e++) {
             double k = median_of(0, m), p = median_of(e, m);
             if (!g_sel[0] || !g_sel[e]) continue;
@@ -1299,7 +1172,7 @@ static void print_table(void) {
         char head[32];
         if (!g_sel[e]) continue;
         snprintf(head, sizeof head, "  %-8s ", g_engines[e].name);
-        print_wrapped(head, g_config[e], 104);
+        bench_print_wrapped(head, g_config[e], 104);
     }
     printf("  fillseq/-batch: ascending keys; fillrandom/-batch: generation (random) order; each a fresh directory.\n"
            "  rss-fillrandom: VmRSS right after fillrandom (the process ran the three fills before it); it counts\n"
@@ -1341,62 +1214,46 @@ static void usage(const char *argv0) {
     exit(2);
 }
 
-static void parse_engines(const char *list) {
-    char buf[256], *tok, *save = NULL;
-    int e;
-    if (strlen(list) >= sizeof buf) fail("--engines: list too long");
-    memcpy(buf, list, strlen(list) + 1);
-    memset(g_sel, 0, sizeof g_sel);
-    for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        for (e = 0; e < NENG && strcmp(tok, g_engines[e].name); e++) {}
-        if (e == NENG) fail("--engines: unknown engine '%s' (kvidx, lmdb, rocksdb, leveldb)", tok);
-        g_sel[e] = 1;
-    }
+static void parse_engines(const char *list) { bench_parse_list("--engines", list, engine_name, NENG, "engine", g_sel); }
+
+static void opt_big(const char *val) {
+    (void)val;
+    g_n = 10000000;
 }
 
 int main(int argc, char **argv) {
+    static const bench_opt opts[] = {
+        {"--big", BENCH_OPT_FLAG, NULL, opt_big},
+        {"--json", BENCH_OPT_FLAG, &g_json, NULL},
+        {"--n", BENCH_OPT_U64, &g_n, NULL},
+        {"--seed", BENCH_OPT_U64, &g_seed, NULL},
+        {"--repeat", BENCH_OPT_INT, &g_repeat, NULL},
+        {"--rw-secs", BENCH_OPT_DOUBLE, &g_rw_secs, NULL},
+        {"--engines", BENCH_OPT_FN, NULL, parse_engines},
+        {"--dir", BENCH_OPT_STR, &g_dir, NULL},
+        {NULL, 0, NULL, NULL},
+    };
     uint64_t i;
-    int a, e, rep, any = 0;
+    int e, rep, any = 0;
 
     for (e = 0; e < NENG; e++) g_sel[e] = 1;
-    for (a = 1; a < argc; a++) {
-        const char *o = argv[a], *val;
-        char *end = NULL;
-        if (!strcmp(o, "--big")) {
-            g_n = 10000000;
-            continue;
-        }
-        if (!strcmp(o, "--json")) {
-            g_json = 1;
-            continue;
-        }
-        if (a + 1 >= argc) usage(argv[0]);
-        val = argv[++a];
-        if (!strcmp(o, "--n")) g_n = strtoull(val, &end, 0);
-        else if (!strcmp(o, "--seed")) g_seed = strtoull(val, &end, 0);
-        else if (!strcmp(o, "--repeat")) g_repeat = (int)strtol(val, &end, 0);
-        else if (!strcmp(o, "--rw-secs")) g_rw_secs = strtod(val, &end);
-        else if (!strcmp(o, "--engines")) parse_engines(val);
-        else if (!strcmp(o, "--dir")) g_dir = val;
-        else usage(argv[0]);
-        if (end && (*end || end == val)) fail("bad number for %s: '%s'", o, val);
-    }
-    if (g_n < 100 || g_n > ((uint64_t)1 << 34)) fail("--n must be in 100..2^34");
-    if (g_repeat < 1 || g_repeat > 1000) fail("--repeat must be in 1..1000");
-    if (!(g_rw_secs > 0 && g_rw_secs <= 3600)) fail("--rw-secs must be in (0, 3600]");
+    bench_parse_opts(argc, argv, opts, usage);
+    if (g_n < 100 || g_n > ((uint64_t)1 << 34)) bench_fail("--n must be in 100..2^34");
+    if (g_repeat < 1 || g_repeat > 1000) bench_fail("--repeat must be in 1..1000");
+    if (!(g_rw_secs > 0 && g_rw_secs <= 3600)) bench_fail("--rw-secs must be in (0, 3600]");
     for (e = 0; e < NENG; e++) any |= g_sel[e];
-    if (!any) fail("--engines: none selected");
+    if (!any) bench_fail("--engines: none selected");
 
     g_keys = malloc((size_t)g_n * sizeof *g_keys);
     g_sorted = malloc((size_t)g_n * sizeof *g_sorted);
     g_res = calloc((size_t)NENG * (size_t)g_repeat, sizeof *g_res);
-    if (!g_keys || !g_sorted || !g_res) fail("out of memory for %" PRIu64 " keys", g_n);
+    if (!g_keys || !g_sorted || !g_res) bench_fail("out of memory for %" PRIu64 " keys", g_n);
     for (i = 0; i < g_n; i++) g_keys[i] = g_sorted[i] = key_at(i);
     qsort(g_sorted, (size_t)g_n, sizeof *g_sorted, cmp_u64);
 
     bench_mkdir_p(g_dir);
     read_versions();
-    read_fs(g_dir);
+    bench_read_fs(g_dir, g_fs, sizeof g_fs);
     fprintf(stderr, "bench_kv: kvidx %s, LMDB %s, RocksDB %s, LevelDB %s; n %" PRIu64 ", repeat %d, dir %s\n",
             kvidx_version(), g_ver_lmdb, g_ver_rocksdb, g_ver_leveldb, g_n, g_repeat, g_dir);
 
@@ -1408,8 +1265,8 @@ int main(int argc, char **argv) {
                 bench_path_join(p, g_dir, g_engines[e].name);
                 bench_rm_tree(p);
                 rmdir(g_dir);
-                g_engine = g_engines[e].name, g_phase = "run";
-                fail("repeat %d failed (see above); run stopped, data removed", rep + 1);
+                g_bench_part = g_engines[e].name, g_bench_phase = "run";
+                bench_fail("repeat %d failed (see above); run stopped, data removed", rep + 1);
             }
         }
     }

@@ -57,7 +57,6 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
-#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -66,6 +65,7 @@
 #include <lmdb.h>
 
 #include "kvidx.h"
+#define BENCH_PROG "bench_lists"
 #define BENCH_FILES
 #include "bench.h"
 
@@ -97,30 +97,10 @@ static const char *g_dir = "bench/data/lists";
 
 /* ==== 2. failure ======================================================== */
 
-static const char *g_engine = "bench"; /* named in every failure message */
-static const char *g_phase = "setup";
-static int g_child;                    /* in a forked child: leave with _exit */
-
-/* Prints "bench_lists: ENGINE PHASE: message" and ends the process. A
- * child leaves with _exit (no atexit handler of the parent's runs twice);
- * the parent sees the failure, stops the run and redis-server. */
-static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-static void fail(const char *fmt, ...) {
-    va_list ap;
-    fprintf(stderr, "bench_lists: %s %s: ", g_engine, g_phase);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    if (g_child) _exit(1);
-    exit(1);
-}
-
-static void *xmalloc(size_t n) {
-    void *p = malloc(n ? n : 1);
-    if (!p) fail("out of memory (%zu bytes)", n);
-    return p;
-}
+/* bench_fail (bench.h): "bench_lists: ENGINE PHASE: message", then exit
+ * (a child: _exit, so no atexit handler of the parent's runs twice); the
+ * parent sees the failure, stops the run and redis-server. g_bench_part
+ * is the engine, g_bench_phase the phase. */
 
 /* ==== 3. the population ================================================= */
 
@@ -173,7 +153,7 @@ static void gen_ids(uint64_t *s, uint64_t *out, uint64_t n) {
             if (out[i] != out[j - 1]) out[j++] = out[i];
         have = n ? j : 0;
     }
-    if (have < n) fail("could not draw %" PRIu64 " distinct ids", n);
+    if (have < n) bench_fail("could not draw %" PRIu64 " distinct ids", n);
 }
 
 static void shuffle_u64(uint64_t *s, uint64_t *a, uint64_t n) {
@@ -193,15 +173,15 @@ static void pop_build(pop *p, const uint64_t *key, const uint64_t *len, uint64_t
     uint64_t s = stream(tag), i, c, *next;
     memset(p, 0, sizeof *p);
     p->n = n, p->key = key;
-    p->off = xmalloc((size_t)(n + 1) * sizeof *p->off);
+    p->off = bench_xmalloc((size_t)(n + 1) * sizeof *p->off);
     p->off[0] = 0;
     for (i = 0; i < n; i++) {
         p->off[i + 1] = p->off[i] + len[i];
         p->nchunks += (len[i] + BATCH_IDS - 1) / BATCH_IDS;
     }
     p->total = p->off[n];
-    p->ids = xmalloc((size_t)p->total * sizeof *p->ids);
-    p->load = xmalloc((size_t)p->total * sizeof *p->load);
+    p->ids = bench_xmalloc((size_t)p->total * sizeof *p->ids);
+    p->load = bench_xmalloc((size_t)p->total * sizeof *p->load);
     for (i = 0; i < n; i++) {
         uint64_t *ids = p->ids + p->off[i], *ld = p->load + p->off[i], m = len[i], k;
         gen_ids(&s, ids, m);
@@ -215,9 +195,9 @@ static void pop_build(pop *p, const uint64_t *key, const uint64_t *len, uint64_t
             }
         }
     }
-    p->ch_list = xmalloc((size_t)p->nchunks * sizeof *p->ch_list);
-    p->ch_n = xmalloc((size_t)p->nchunks * sizeof *p->ch_n);
-    p->ch_pos = xmalloc((size_t)p->nchunks * sizeof *p->ch_pos);
+    p->ch_list = bench_xmalloc((size_t)p->nchunks * sizeof *p->ch_list);
+    p->ch_n = bench_xmalloc((size_t)p->nchunks * sizeof *p->ch_n);
+    p->ch_pos = bench_xmalloc((size_t)p->nchunks * sizeof *p->ch_pos);
     for (i = 0, c = 0; i < n; i++) {
         uint64_t k;
         for (k = 0; k < (len[i] + BATCH_IDS - 1) / BATCH_IDS; k++) p->ch_list[c++] = (uint32_t)i;
@@ -227,7 +207,7 @@ static void pop_build(pop *p, const uint64_t *key, const uint64_t *len, uint64_t
         uint32_t t = p->ch_list[i - 1];
         p->ch_list[i - 1] = p->ch_list[j], p->ch_list[j] = t;
     }
-    next = xmalloc((size_t)n * sizeof *next);
+    next = bench_xmalloc((size_t)n * sizeof *next);
     for (i = 0; i < n; i++) next[i] = p->off[i];
     for (c = 0; c < p->nchunks; c++) {
         uint32_t l = p->ch_list[c];
@@ -249,8 +229,8 @@ static void pop_free(pop *p) {
  * log-uniform SMALL_MAX+1..MID_MAX, then the big lists. */
 static void make_populations(void) {
     uint64_t n = g_lists + g_big_lists, s = stream(1), i, *len;
-    len = xmalloc((size_t)n * sizeof *len);
-    g_key = xmalloc((size_t)n * sizeof *g_key);
+    len = bench_xmalloc((size_t)n * sizeof *len);
+    g_key = bench_xmalloc((size_t)n * sizeof *g_key);
     for (i = 0; i < n; i++) {
         /* distinct: bench_mix is a bijection of uint64 */
         g_key[i] = bench_mix(g_seed * 0x100000001B3ull + i);
@@ -267,8 +247,8 @@ static void make_populations(void) {
     pop_build(&g_orig, g_key, len, n, g_big_from, 2);
     free(len);
 
-    len = xmalloc(MINI_LISTS * sizeof *len);
-    g_mini_key = xmalloc(MINI_LISTS * sizeof *g_mini_key);
+    len = bench_xmalloc(MINI_LISTS * sizeof *len);
+    g_mini_key = bench_xmalloc(MINI_LISTS * sizeof *g_mini_key);
     s = stream(3);
     for (i = 0; i < MINI_LISTS; i++) {
         g_mini_key[i] = bench_mix((g_seed ^ 0x5EEDull) * 0x100000001B3ull + i);
@@ -304,7 +284,7 @@ static void hset_init(hset *h, uint64_t n) {
     uint64_t cap = 16;
     while (cap < 2 * n + 16) cap <<= 1;
     h->t = calloc((size_t)cap, sizeof *h->t);
-    if (!h->t) fail("out of memory");
+    if (!h->t) bench_fail("out of memory");
     h->mask = cap - 1;
 }
 
@@ -345,7 +325,7 @@ static int cmp_op(const void *a, const void *b) {
 
 static void opset_alloc(opset *o, uint64_t n) {
     o->n = n;
-    o->v = xmalloc((size_t)n * sizeof *o->v);
+    o->v = bench_xmalloc((size_t)n * sizeof *o->v);
 }
 
 /* Adds of ids in no list (every one adds 1), removes of distinct loaded
@@ -362,7 +342,7 @@ static void make_writes(void) {
         for (tries = 0;; tries++) { /* bounded: a random 32-bit id is nearly always new */
             uint32_t l = (uint32_t)rnd_below(&s, n);
             uint64_t id = rnd(&s) >> 32;
-            if (tries > 1000) fail("cannot find ids to add");
+            if (tries > 1000) bench_fail("cannot find ids to add");
             if (in_list(&g_orig, l, id) || !hset_add(&h, (uint64_t)l << 32 | id)) continue;
             g_add.v[i].list = l, g_add.v[i].id = id, g_add.v[i].expect = 1;
             break;
@@ -372,7 +352,7 @@ static void make_writes(void) {
         for (tries = 0;; tries++) { /* bounded: most picked ids are not yet removed */
             uint32_t l = (uint32_t)rnd_below(&s, n);
             uint64_t id = pop_ids(&g_orig, l)[rnd_below(&s, pop_len(&g_orig, l))];
-            if (tries > 100000) fail("cannot find ids to remove");
+            if (tries > 100000) bench_fail("cannot find ids to remove");
             if (!hset_add(&h, (uint64_t)l << 32 | id)) continue;
             g_rm.v[i].list = l, g_rm.v[i].id = id, g_rm.v[i].expect = 1;
             break;
@@ -380,16 +360,16 @@ static void make_writes(void) {
     }
     free(h.t);
 
-    sa = xmalloc((size_t)g_add.n * sizeof *sa);
-    sr = xmalloc((size_t)g_rm.n * sizeof *sr);
+    sa = bench_xmalloc((size_t)g_add.n * sizeof *sa);
+    sr = bench_xmalloc((size_t)g_rm.n * sizeof *sr);
     memcpy(sa, g_add.v, (size_t)g_add.n * sizeof *sa);
     memcpy(sr, g_rm.v, (size_t)g_rm.n * sizeof *sr);
     qsort(sa, (size_t)g_add.n, sizeof *sa, cmp_op);
     qsort(sr, (size_t)g_rm.n, sizeof *sr, cmp_op);
     memset(&g_fin, 0, sizeof g_fin);
     g_fin.n = n, g_fin.key = g_key;
-    g_fin.off = xmalloc((size_t)(n + 1) * sizeof *g_fin.off);
-    g_fin.ids = xmalloc((size_t)(g_orig.total + g_add.n) * sizeof *g_fin.ids);
+    g_fin.off = bench_xmalloc((size_t)(n + 1) * sizeof *g_fin.off);
+    g_fin.ids = bench_xmalloc((size_t)(g_orig.total + g_add.n) * sizeof *g_fin.ids);
     g_fin.off[0] = 0;
     g_fin_lists = 0;
     for (i = 0, a = 0, r = 0; i < n; i++) {
@@ -407,12 +387,12 @@ static void make_writes(void) {
             k++;
         }
         while (a < g_add.n && sa[a].list == i) g_fin.ids[out++] = sa[a++].id;
-        if (r < g_rm.n && sr[r].list == i) fail("model: remove of an id not loaded");
+        if (r < g_rm.n && sr[r].list == i) bench_fail("model: remove of an id not loaded");
         g_fin.off[i + 1] = out;
         if (out > g_fin.off[i]) g_fin_lists++;
     }
-    if (a != g_add.n || r != g_rm.n) fail("model: %" PRIu64 "/%" PRIu64 " adds, %" PRIu64 "/%" PRIu64 " removes used",
-                                          a, g_add.n, r, g_rm.n);
+    if (a != g_add.n || r != g_rm.n)
+        bench_fail("model: %" PRIu64 "/%" PRIu64 " adds, %" PRIu64 "/%" PRIu64 " removes used", a, g_add.n, r, g_rm.n);
     g_fin.total = g_fin.off[n];
     free(sa);
     free(sr);
@@ -426,7 +406,7 @@ static uint32_t pick_nonempty(uint64_t *s, uint64_t lo, uint64_t hi) {
         uint64_t l = lo + rnd_below(s, hi - lo);
         if (pop_len(&g_fin, l)) return (uint32_t)l;
     }
-    fail("no non-empty list in [%" PRIu64 ", %" PRIu64 ")", lo, hi);
+    bench_fail("no non-empty list in [%" PRIu64 ", %" PRIu64 ")", lo, hi);
 }
 
 /* contains: half hits (a random id of a random non-empty list), half
@@ -477,7 +457,7 @@ static int cmp_by_key(const void *a, const void *b) { return cmp_u64(&g_key[*(co
 
 static uint64_t file_size(const char *path) {
     struct stat st;
-    if (stat(path, &st)) fail("stat %s: %s", path, strerror(errno));
+    if (stat(path, &st)) bench_fail("stat %s: %s", path, strerror(errno));
     return (uint64_t)st.st_size;
 }
 
@@ -498,25 +478,26 @@ static void check_page(uint32_t l, uint64_t pos, const uint64_t *got, size_t n, 
     size_t i;
     if (want > cap) want = cap;
     if (n != want)
-        fail("list %016" PRIx64 " (%" PRIu64 " ids): a page from index %" PRIu64 " has %zu ids, expected %" PRIu64,
-             g_key[l], len, pos, n, want);
+        bench_fail("list %016" PRIx64 " (%" PRIu64 " ids): a page from index %" PRIu64
+                   " has %zu ids, expected %" PRIu64,
+                   g_key[l], len, pos, n, want);
     if (memcmp(got, exp_ids, n * sizeof *got)) {
         for (i = 0; i < n && got[i] == exp_ids[i]; i++) {}
-        fail("list %016" PRIx64 ": page from index %" PRIu64 ": id %zu is %" PRIu64 ", expected %" PRIu64,
-             g_key[l], pos, i, got[i], exp_ids[i]);
+        bench_fail("list %016" PRIx64 ": page from index %" PRIu64 ": id %zu is %" PRIu64 ", expected %" PRIu64,
+                   g_key[l], pos, i, got[i], exp_ids[i]);
     }
     g_page_ids += n;
 }
 
 static void check_count(uint32_t l, uint64_t got) {
     if (got != pop_len(&g_fin, l))
-        fail("list %016" PRIx64 ": count %" PRIu64 ", expected %" PRIu64, g_key[l], got, pop_len(&g_fin, l));
+        bench_fail("list %016" PRIx64 ": count %" PRIu64 ", expected %" PRIu64, g_key[l], got, pop_len(&g_fin, l));
 }
 
 static void check_contains(const op *o, int got) {
     if (got != (int)o->expect)
-        fail("list %016" PRIx64 ": contains(%" PRIu64 ") says %s, expected %s", g_key[o->list], o->id,
-             got ? "yes" : "no", o->expect ? "yes" : "no");
+        bench_fail("list %016" PRIx64 ": contains(%" PRIu64 ") says %s, expected %s", g_key[o->list], o->id,
+                   got ? "yes" : "no", o->expect ? "yes" : "no");
 }
 
 /* ==== 6. engines ========================================================= */
@@ -554,7 +535,7 @@ typedef struct engine {
 /* ---- kvidx --------------------------------------------------------------- */
 
 static void kv_check(int rc, const char *what) {
-    if (rc) fail("%s: %s", what, kvidx_strerror(rc));
+    if (rc) bench_fail("%s: %s", what, kvidx_strerror(rc));
 }
 
 static void kv_stat(db *d, kvidx_stats *st) {
@@ -589,11 +570,12 @@ static void kv_load(db *d, const pop *p, int batch) {
         size_t n = p->ch_n[c];
         if (batch) {
             kv_check(kvidx_list_add(d->kv, key, ids, n, &added), "kvidx_list_add");
-            if (added != n) fail("list %016" PRIx64 ": added %zu of %zu new ids", key, added, n);
+            if (added != n) bench_fail("list %016" PRIx64 ": added %zu of %zu new ids", key, added, n);
         } else {
             for (j = 0; j < n; j++) {
                 kv_check(kvidx_list_add(d->kv, key, ids + j, 1, &added), "kvidx_list_add");
-                if (added != 1) fail("list %016" PRIx64 ": id %" PRIu64 " not added (added %zu)", key, ids[j], added);
+                if (added != 1)
+                    bench_fail("list %016" PRIx64 ": id %" PRIu64 " not added (added %zu)", key, ids[j], added);
             }
         }
     }
@@ -605,7 +587,7 @@ static void kv_add(db *d, const opset *o) {
     for (i = 0; i < o->n; i++) {
         kv_check(kvidx_list_add(d->kv, g_key[o->v[i].list], &o->v[i].id, 1, &added), "kvidx_list_add");
         if (added != o->v[i].expect)
-            fail("list %016" PRIx64 ": add %" PRIu64 ": added %zu", g_key[o->v[i].list], o->v[i].id, added);
+            bench_fail("list %016" PRIx64 ": add %" PRIu64 ": added %zu", g_key[o->v[i].list], o->v[i].id, added);
     }
 }
 
@@ -615,7 +597,8 @@ static void kv_remove(db *d, const opset *o) {
     for (i = 0; i < o->n; i++) {
         kv_check(kvidx_list_remove(d->kv, g_key[o->v[i].list], &o->v[i].id, 1, &removed), "kvidx_list_remove");
         if (removed != o->v[i].expect)
-            fail("list %016" PRIx64 ": remove %" PRIu64 ": removed %zu", g_key[o->v[i].list], o->v[i].id, removed);
+            bench_fail("list %016" PRIx64 ": remove %" PRIu64 ": removed %zu", g_key[o->v[i].list], o->v[i].id,
+                       removed);
     }
 }
 
@@ -634,8 +617,8 @@ static void kv_get(db *d, const opset *o) {
     for (i = 0; i < o->n; i++) {
         int rc = kvidx_list_get(d->kv, g_key[o->v[i].list], o->v[i].id, buf, PAGE, &n);
         if (rc == KVIDX_NOTFOUND) {
-            if (pop_len(&g_fin, o->v[i].list)) fail("list %016" PRIx64 ": get: NOTFOUND", g_key[o->v[i].list]);
-            if (n) fail("list %016" PRIx64 ": get: NOTFOUND with %zu ids", g_key[o->v[i].list], n);
+            if (pop_len(&g_fin, o->v[i].list)) bench_fail("list %016" PRIx64 ": get: NOTFOUND", g_key[o->v[i].list]);
+            if (n) bench_fail("list %016" PRIx64 ": get: NOTFOUND with %zu ids", g_key[o->v[i].list], n);
         } else {
             kv_check(rc, "kvidx_list_get");
         }
@@ -648,10 +631,10 @@ static void kv_count(db *d, const opset *o) {
     for (i = 0; i < o->n; i++) {
         int rc = kvidx_list_count(d->kv, g_key[o->v[i].list], &cnt);
         if (rc == KVIDX_NOTFOUND) {
-            if (cnt) fail("list %016" PRIx64 ": count: NOTFOUND with count %" PRIu64, g_key[o->v[i].list], cnt);
+            if (cnt) bench_fail("list %016" PRIx64 ": count: NOTFOUND with count %" PRIu64, g_key[o->v[i].list], cnt);
         } else {
             kv_check(rc, "kvidx_list_count");
-            if (!cnt) fail("list %016" PRIx64 ": count: OK with count 0", g_key[o->v[i].list]);
+            if (!cnt) bench_fail("list %016" PRIx64 ": count: OK with count 0", g_key[o->v[i].list]);
         }
         check_count(o->v[i].list, cnt);
     }
@@ -667,20 +650,20 @@ typedef struct kv_scan_chk {
 static int kv_scan_visit(void *ud, uint64_t key, uint64_t count) {
     kv_scan_chk *c = ud;
     while (c->pos < c->p->n && !pop_len(c->p, c->order[c->pos])) c->pos++;
-    if (c->pos >= c->p->n) fail("list_scan: list %016" PRIx64 " after the last list", key);
+    if (c->pos >= c->p->n) bench_fail("list_scan: list %016" PRIx64 " after the last list", key);
     if (key != c->p->key[c->order[c->pos]])
-        fail("list_scan: list %016" PRIx64 " where %016" PRIx64 " was expected (order, missing or foreign list)",
-             key, c->p->key[c->order[c->pos]]);
+        bench_fail("list_scan: list %016" PRIx64 " where %016" PRIx64 " was expected (order, missing or foreign list)",
+                   key, c->p->key[c->order[c->pos]]);
     if (count != pop_len(c->p, c->order[c->pos]))
-        fail("list_scan: list %016" PRIx64 ": count %" PRIu64 ", expected %" PRIu64, key, count,
-             pop_len(c->p, c->order[c->pos]));
+        bench_fail("list_scan: list %016" PRIx64 ": count %" PRIu64 ", expected %" PRIu64, key, count,
+                   pop_len(c->p, c->order[c->pos]));
     c->pos++;
     c->seen++;
     return 0;
 }
 
 static uint64_t *order_by_key(const pop *p) {
-    uint64_t i, *o = xmalloc((size_t)p->n * sizeof *o);
+    uint64_t i, *o = bench_xmalloc((size_t)p->n * sizeof *o);
     const uint64_t *save = g_key;
     for (i = 0; i < p->n; i++) o[i] = i;
     g_key = (uint64_t *)p->key; /* cmp_by_key reads g_key: point it at p's keys */
@@ -691,19 +674,19 @@ static uint64_t *order_by_key(const pop *p) {
 
 /* Untimed: kvidx_stat, list_scan and every id of every list. */
 static void kv_verify(db *d, const pop *p) {
-    uint64_t i, lists = 0, *buf = xmalloc(VERIFY_CAP * sizeof *buf);
+    uint64_t i, lists = 0, *buf = bench_xmalloc(VERIFY_CAP * sizeof *buf);
     const uint64_t *order = p == &g_fin ? g_by_key : order_by_key(p);
     kv_scan_chk sc;
     kvidx_stats st;
     for (i = 0; i < p->n; i++) lists += pop_len(p, i) > 0;
     kv_stat(d, &st);
     if (st.lists != lists || st.list_ids != p->total)
-        fail("kvidx_stat: %" PRIu64 " lists, %" PRIu64 " ids; expected %" PRIu64 " lists, %" PRIu64 " ids",
-             st.lists, st.list_ids, lists, p->total);
+        bench_fail("kvidx_stat: %" PRIu64 " lists, %" PRIu64 " ids; expected %" PRIu64 " lists, %" PRIu64 " ids",
+                   st.lists, st.list_ids, lists, p->total);
     memset(&sc, 0, sizeof sc);
     sc.p = p, sc.order = order;
     kv_check(kvidx_list_scan(d->kv, 0, UINT64_MAX, kv_scan_visit, &sc), "kvidx_list_scan");
-    if (sc.seen != lists) fail("list_scan: %" PRIu64 " lists, expected %" PRIu64, sc.seen, lists);
+    if (sc.seen != lists) bench_fail("list_scan: %" PRIu64 " lists, expected %" PRIu64, sc.seen, lists);
     for (i = 0; i < p->n; i++) {
         const uint64_t *want = pop_ids(p, i);
         uint64_t len = pop_len(p, i), at = 0, from = 0, pages;
@@ -712,16 +695,16 @@ static void kv_verify(db *d, const pop *p) {
             int rc = kvidx_list_get(d->kv, p->key[i], from, buf, VERIFY_CAP, &n);
             if (rc == KVIDX_NOTFOUND && !len) break;
             kv_check(rc, "kvidx_list_get");
-            if (n > len - at) fail("list %016" PRIx64 ": more than its %" PRIu64 " ids", p->key[i], len);
+            if (n > len - at) bench_fail("list %016" PRIx64 ": more than its %" PRIu64 " ids", p->key[i], len);
             for (k = 0; k < n; k++)
                 if (buf[k] != want[at + k])
-                    fail("list %016" PRIx64 ": id %" PRIu64 " is %" PRIu64 ", expected %" PRIu64, p->key[i], at + k,
-                         buf[k], want[at + k]);
+                    bench_fail("list %016" PRIx64 ": id %" PRIu64 " is %" PRIu64 ", expected %" PRIu64, p->key[i],
+                               at + k, buf[k], want[at + k]);
             at += n;
             if (n < VERIFY_CAP) break;
             from = buf[n - 1] + 1;
         }
-        if (at != len) fail("list %016" PRIx64 ": %" PRIu64 " ids read, expected %" PRIu64, p->key[i], at, len);
+        if (at != len) bench_fail("list %016" PRIx64 ": %" PRIu64 " ids read, expected %" PRIu64, p->key[i], at, len);
     }
     if (order != g_by_key) free((void *)order);
     free(buf);
@@ -761,9 +744,9 @@ static size_t u64_dec(char *out, uint64_t x) {
 static uint64_t dec_u64(const char *s, size_t len) {
     uint64_t x = 0;
     size_t i;
-    if (!len || len > 20) fail("redis: bad id '%.*s'", (int)(len > 30 ? 30 : len), s);
+    if (!len || len > 20) bench_fail("redis: bad id '%.*s'", (int)(len > 30 ? 30 : len), s);
     for (i = 0; i < len; i++) {
-        if (s[i] < '0' || s[i] > '9') fail("redis: bad id '%.*s'", (int)(len > 30 ? 30 : len), s);
+        if (s[i] < '0' || s[i] > '9') bench_fail("redis: bad id '%.*s'", (int)(len > 30 ? 30 : len), s);
         x = x * 10 + (uint64_t)(s[i] - '0');
     }
     return x;
@@ -800,20 +783,21 @@ static void rcmd_id(rcmd *c, int slot, uint64_t id, int times) {
 }
 
 static void rd_send(db *d, rcmd *c) {
-    if (redisAppendCommandArgv(d->rc, c->argc, c->argv, c->len) != REDIS_OK) fail("redis append: %s", d->rc->errstr);
+    if (redisAppendCommandArgv(d->rc, c->argc, c->argv, c->len) != REDIS_OK)
+        bench_fail("redis append: %s", d->rc->errstr);
 }
 
 static redisReply *rd_reply(db *d) {
     void *r = NULL;
-    if (redisGetReply(d->rc, &r) != REDIS_OK || !r) fail("redis: %s", d->rc->errstr);
-    if (((redisReply *)r)->type == REDIS_REPLY_ERROR) fail("redis: %s", ((redisReply *)r)->str);
+    if (redisGetReply(d->rc, &r) != REDIS_OK || !r) bench_fail("redis: %s", d->rc->errstr);
+    if (((redisReply *)r)->type == REDIS_REPLY_ERROR) bench_fail("redis: %s", ((redisReply *)r)->str);
     return r;
 }
 
 static long long rd_int(db *d) {
     redisReply *r = rd_reply(d);
     long long v;
-    if (r->type != REDIS_REPLY_INTEGER) fail("redis: reply type %d, expected an integer", r->type);
+    if (r->type != REDIS_REPLY_INTEGER) bench_fail("redis: reply type %d, expected an integer", r->type);
     v = r->integer;
     freeReplyObject(r);
     return v;
@@ -824,7 +808,7 @@ static redisReply *rd_cmd(db *d, int argc, const char **argv) {
     size_t len[8];
     int i;
     for (i = 0; i < argc; i++) len[i] = strlen(argv[i]);
-    if (redisAppendCommandArgv(d->rc, argc, argv, len) != REDIS_OK) fail("redis append: %s", d->rc->errstr);
+    if (redisAppendCommandArgv(d->rc, argc, argv, len) != REDIS_OK) bench_fail("redis append: %s", d->rc->errstr);
     return rd_reply(d);
 }
 
@@ -836,10 +820,10 @@ static double rd_info(db *d, const char *section, const char *field) {
     const char *at;
     double v;
     snprintf(pat, sizeof pat, "%s:", field);
-    if (r->type != REDIS_REPLY_STRING) fail("INFO %s: not a string", section);
+    if (r->type != REDIS_REPLY_STRING) bench_fail("INFO %s: not a string", section);
     for (at = r->str; (at = strstr(at, pat)); at++)
         if (at == r->str || at[-1] == '\n') break;
-    if (!at) fail("INFO %s: no %s", section, field);
+    if (!at) bench_fail("INFO %s: no %s", section, field);
     v = strtod(at + strlen(pat), NULL);
     freeReplyObject(r);
     return v;
@@ -850,7 +834,8 @@ static void rd_open(db *d, const char *dir) {
     const char *flush[1] = {"FLUSHALL"};
     (void)dir;
     d->rc = redisConnectWithTimeout("127.0.0.1", g_redis_port, tv);
-    if (!d->rc || d->rc->err) fail("redis connect 127.0.0.1:%d: %s", g_redis_port, d->rc ? d->rc->errstr : "no memory");
+    if (!d->rc || d->rc->err)
+        bench_fail("redis connect 127.0.0.1:%d: %s", g_redis_port, d->rc ? d->rc->errstr : "no memory");
     freeReplyObject(rd_cmd(d, 1, flush));
     d->ram_base = rd_info(d, "memory", "used_memory");
 }
@@ -865,13 +850,13 @@ static void rd_drain_ints(db *d, const long long *want, int pending, const char 
     int j;
     for (j = 0; j < pending; j++) {
         long long v = rd_int(d);
-        if (v != want[j]) fail("%s: reply %lld, expected %lld", what, v, want[j]);
+        if (v != want[j]) bench_fail("%s: reply %lld, expected %lld", what, v, want[j]);
     }
 }
 
 /* verb (ZADD or SADD) with each id `times` times (ZADD: score, member). */
 static void rd_load_verb(db *d, const pop *p, int batch, const char *verb, int times) {
-    rcmd *c = xmalloc(sizeof *c);
+    rcmd *c = bench_xmalloc(sizeof *c);
     long long want[PIPE];
     int pending = 0, depth = batch ? PIPE_BATCH : PIPE;
     uint64_t ch, j;
@@ -905,7 +890,7 @@ static void rs_load(db *d, const pop *p, int batch) { rd_load_verb(d, p, batch, 
 /* ZADD / ZREM / SADD / SREM of one id per op (ZADD: `times` 2, score and
  * member), pipelined; integer reply = op->expect. */
 static void rd_write(db *d, const opset *o, const char *verb, int times) {
-    rcmd *c = xmalloc(sizeof *c);
+    rcmd *c = bench_xmalloc(sizeof *c);
     long long want[PIPE];
     uint64_t i, j, m;
     for (i = 0; i < o->n; i += m) {
@@ -928,7 +913,7 @@ static void rs_add(db *d, const opset *o) { rd_write(d, o, "SADD", 1); }
 static void rs_remove(db *d, const opset *o) { rd_write(d, o, "SREM", 1); }
 
 static void rd_contains(db *d, const opset *o) {
-    rcmd *c = xmalloc(sizeof *c);
+    rcmd *c = bench_xmalloc(sizeof *c);
     uint64_t i, j, m;
     for (i = 0; i < o->n; i += m) {
         m = o->n - i < PIPE ? o->n - i : PIPE;
@@ -941,12 +926,12 @@ static void rd_contains(db *d, const opset *o) {
             redisReply *r = rd_reply(d);
             const op *p = &o->v[i + j];
             if (r->type == REDIS_REPLY_STRING) {
-                if (dec_u64(r->str, r->len) != p->id) fail("ZSCORE %" PRIu64 ": score %s", p->id, r->str);
+                if (dec_u64(r->str, r->len) != p->id) bench_fail("ZSCORE %" PRIu64 ": score %s", p->id, r->str);
                 check_contains(p, 1);
             } else if (r->type == REDIS_REPLY_NIL) {
                 check_contains(p, 0);
             } else {
-                fail("ZSCORE: reply type %d", r->type);
+                bench_fail("ZSCORE: reply type %d", r->type);
             }
             freeReplyObject(r);
         }
@@ -956,7 +941,7 @@ static void rd_contains(db *d, const opset *o) {
 
 /* SISMEMBER: integer 1 or 0. */
 static void rs_contains(db *d, const opset *o) {
-    rcmd *c = xmalloc(sizeof *c);
+    rcmd *c = bench_xmalloc(sizeof *c);
     uint64_t i, j, m;
     for (i = 0; i < o->n; i += m) {
         m = o->n - i < PIPE ? o->n - i : PIPE;
@@ -967,7 +952,7 @@ static void rs_contains(db *d, const opset *o) {
         }
         for (j = 0; j < m; j++) {
             long long v = rd_int(d);
-            if (v != 0 && v != 1) fail("SISMEMBER %" PRIu64 ": reply %lld", o->v[i + j].id, v);
+            if (v != 0 && v != 1) bench_fail("SISMEMBER %" PRIu64 ": reply %lld", o->v[i + j].id, v);
             check_contains(&o->v[i + j], (int)v);
         }
     }
@@ -978,11 +963,11 @@ static void rs_contains(db *d, const opset *o) {
  * l from index pos, at most cap ids. */
 static void rd_check_range(redisReply *r, uint32_t l, uint64_t pos, uint64_t *buf, size_t cap) {
     size_t k;
-    if (r->type != REDIS_REPLY_ARRAY) fail("ZRANGE: reply type %d", r->type);
+    if (r->type != REDIS_REPLY_ARRAY) bench_fail("ZRANGE: reply type %d", r->type);
     if (r->elements > cap)
-        fail("list %016" PRIx64 ": a page of %zu ids, at most %zu expected", g_key[l], r->elements, cap);
+        bench_fail("list %016" PRIx64 ": a page of %zu ids, at most %zu expected", g_key[l], r->elements, cap);
     for (k = 0; k < r->elements; k++) {
-        if (r->element[k]->type != REDIS_REPLY_STRING) fail("ZRANGE: element type %d", r->element[k]->type);
+        if (r->element[k]->type != REDIS_REPLY_STRING) bench_fail("ZRANGE: element type %d", r->element[k]->type);
         buf[k] = dec_u64(r->element[k]->str, r->element[k]->len);
     }
     check_page(l, pos, buf, r->elements, cap);
@@ -991,7 +976,7 @@ static void rd_check_range(redisReply *r, uint32_t l, uint64_t pos, uint64_t *bu
 /* First pages: ZRANGE key 0 99; from an id: ZRANGEBYSCORE key id +inf
  * LIMIT 0 100. */
 static void rd_get(db *d, const opset *o) {
-    rcmd *c = xmalloc(sizeof *c);
+    rcmd *c = bench_xmalloc(sizeof *c);
     uint64_t i, j, m, buf[PAGE];
     for (i = 0; i < o->n; i += m) {
         m = o->n - i < PIPE ? o->n - i : PIPE;
@@ -1022,7 +1007,7 @@ static void rd_get(db *d, const opset *o) {
 
 /* ZCARD or SCARD. */
 static void rd_count_verb(db *d, const opset *o, const char *verb) {
-    rcmd *c = xmalloc(sizeof *c);
+    rcmd *c = bench_xmalloc(sizeof *c);
     uint64_t i, j, m;
     for (i = 0; i < o->n; i += m) {
         m = o->n - i < PIPE ? o->n - i : PIPE;
@@ -1048,13 +1033,13 @@ static void rd_check_dbsize(db *d, const pop *p) {
     uint64_t i, lists = 0;
     for (i = 0; i < p->n; i++) lists += pop_len(p, i) > 0;
     if (r->type != REDIS_REPLY_INTEGER || (uint64_t)r->integer != lists)
-        fail("DBSIZE %lld, expected %" PRIu64, r->integer, lists);
+        bench_fail("DBSIZE %lld, expected %" PRIu64, r->integer, lists);
     freeReplyObject(r);
 }
 
 /* Untimed: DBSIZE, then ZRANGE 0 -1 of every list. */
 static void rd_verify(db *d, const pop *p) {
-    rcmd *c = xmalloc(sizeof *c);
+    rcmd *c = bench_xmalloc(sizeof *c);
     redisReply *r;
     uint64_t i, j, m;
     rd_check_dbsize(d, p);
@@ -1071,12 +1056,12 @@ static void rd_verify(db *d, const pop *p) {
             size_t k;
             r = rd_reply(d);
             if (r->type != REDIS_REPLY_ARRAY || r->elements != pop_len(p, i + j))
-                fail("list %016" PRIx64 ": ZRANGE 0 -1: %zu ids, expected %" PRIu64, p->key[i + j], r->elements,
-                     pop_len(p, i + j));
+                bench_fail("list %016" PRIx64 ": ZRANGE 0 -1: %zu ids, expected %" PRIu64, p->key[i + j], r->elements,
+                           pop_len(p, i + j));
             for (k = 0; k < r->elements; k++)
                 if (dec_u64(r->element[k]->str, r->element[k]->len) != want[k])
-                    fail("list %016" PRIx64 ": id %zu is %s, expected %" PRIu64, p->key[i + j], k,
-                         r->element[k]->str, want[k]);
+                    bench_fail("list %016" PRIx64 ": id %zu is %s, expected %" PRIu64, p->key[i + j], k,
+                               r->element[k]->str, want[k]);
             freeReplyObject(r);
         }
     }
@@ -1085,7 +1070,7 @@ static void rd_verify(db *d, const pop *p) {
 
 /* Untimed: DBSIZE, then SMEMBERS of every list (any order: sorted here). */
 static void rs_verify(db *d, const pop *p) {
-    rcmd *c = xmalloc(sizeof *c);
+    rcmd *c = bench_xmalloc(sizeof *c);
     uint64_t i, j, m, cap = 0, *buf = NULL;
     rd_check_dbsize(d, p);
     for (i = 0; i < p->n; i += m) {
@@ -1099,22 +1084,23 @@ static void rs_verify(db *d, const pop *p) {
             redisReply *r = rd_reply(d);
             size_t k;
             if (r->type != REDIS_REPLY_ARRAY || r->elements != pop_len(p, i + j))
-                fail("list %016" PRIx64 ": SMEMBERS: %zu ids, expected %" PRIu64, p->key[i + j], r->elements,
-                     pop_len(p, i + j));
+                bench_fail("list %016" PRIx64 ": SMEMBERS: %zu ids, expected %" PRIu64, p->key[i + j], r->elements,
+                           pop_len(p, i + j));
             if (r->elements > cap) {
                 free(buf);
                 cap = r->elements;
-                buf = xmalloc((size_t)cap * sizeof *buf);
+                buf = bench_xmalloc((size_t)cap * sizeof *buf);
             }
             for (k = 0; k < r->elements; k++) {
-                if (r->element[k]->type != REDIS_REPLY_STRING) fail("SMEMBERS: element type %d", r->element[k]->type);
+                if (r->element[k]->type != REDIS_REPLY_STRING)
+                    bench_fail("SMEMBERS: element type %d", r->element[k]->type);
                 buf[k] = dec_u64(r->element[k]->str, r->element[k]->len);
             }
             qsort(buf, r->elements, sizeof *buf, cmp_u64);
             for (k = 0; k < r->elements; k++)
                 if (buf[k] != want[k])
-                    fail("list %016" PRIx64 ": sorted member %zu is %" PRIu64 ", expected %" PRIu64, p->key[i + j], k,
-                         buf[k], want[k]);
+                    bench_fail("list %016" PRIx64 ": sorted member %zu is %" PRIu64 ", expected %" PRIu64,
+                               p->key[i + j], k, buf[k], want[k]);
             freeReplyObject(r);
         }
     }
@@ -1136,15 +1122,15 @@ static uint64_t rd_save(db *d, uint64_t *blocks) {
         if (rd_info(d, "persistence", "rdb_bgsave_in_progress") == 0) break;
         nanosleep(&ts, NULL);
     }
-    if (i == 30000) fail("BGSAVE still running after 5 minutes");
+    if (i == 30000) bench_fail("BGSAVE still running after 5 minutes");
     {
         const char *argv[2] = {"INFO", "persistence"};
         redisReply *r = rd_cmd(d, 2, argv);
-        if (!strstr(r->str, "rdb_last_bgsave_status:ok")) fail("BGSAVE failed (see %s/redis.log)", g_redis_dir);
+        if (!strstr(r->str, "rdb_last_bgsave_status:ok")) bench_fail("BGSAVE failed (see %s/redis.log)", g_redis_dir);
         freeReplyObject(r);
     }
     bench_path_join(path, g_redis_dir, "dump.rdb");
-    if (stat(path, &st)) fail("stat %s: %s", path, strerror(errno));
+    if (stat(path, &st)) bench_fail("stat %s: %s", path, strerror(errno));
     *blocks = (uint64_t)st.st_blocks * 512;
     return (uint64_t)st.st_size;
 }
@@ -1157,7 +1143,7 @@ static uint64_t rd_save(db *d, uint64_t *blocks) {
  * every read renews and resets one read transaction. */
 
 static void lm_check(int rc, const char *what) {
-    if (rc) fail("%s: %s", what, mdb_strerror(rc));
+    if (rc) bench_fail("%s: %s", what, mdb_strerror(rc));
 }
 
 static void lm_open_dir(db *d, const char *dir) {
@@ -1228,7 +1214,7 @@ static void lm_load(db *d, const pop *p, int batch) {
             v[1].mv_size = n, v[1].mv_data = NULL;
             lm_check(mdb_cursor_open(d->wtxn, d->dbi, &cur), "mdb_cursor_open");
             lm_check(mdb_cursor_put(cur, &k, v, MDB_MULTIPLE | MDB_NODUPDATA), "mdb_cursor_put(MULTIPLE)");
-            if (v[1].mv_size != n) fail("mdb_cursor_put(MULTIPLE): %zu of %u ids stored", v[1].mv_size, n);
+            if (v[1].mv_size != n) bench_fail("mdb_cursor_put(MULTIPLE): %zu of %u ids stored", v[1].mv_size, n);
             mdb_cursor_close(cur);
             lm_wtick(d, n);
         } else {
@@ -1250,7 +1236,8 @@ static void lm_add(db *d, const opset *o) {
         MDB_val k = {8, &key}, v = {8, &id};
         int rc = mdb_put(d->wtxn, d->dbi, &k, &v, MDB_NODUPDATA);
         if (rc != MDB_KEYEXIST) lm_check(rc, "mdb_put");
-        if ((rc == 0) != (int)o->v[i].expect) fail("list %016" PRIx64 ": add %" PRIu64 ": %s", key, id, mdb_strerror(rc));
+        if ((rc == 0) != (int)o->v[i].expect)
+            bench_fail("list %016" PRIx64 ": add %" PRIu64 ": %s", key, id, mdb_strerror(rc));
         lm_wtick(d, 1);
     }
     lm_wcommit(d);
@@ -1265,7 +1252,7 @@ static void lm_remove(db *d, const opset *o) {
         int rc = mdb_del(d->wtxn, d->dbi, &k, &v);
         if (rc != MDB_NOTFOUND) lm_check(rc, "mdb_del");
         if ((rc == 0) != (int)o->v[i].expect)
-            fail("list %016" PRIx64 ": remove %" PRIu64 ": %s", key, id, mdb_strerror(rc));
+            bench_fail("list %016" PRIx64 ": remove %" PRIu64 ": %s", key, id, mdb_strerror(rc));
         lm_wtick(d, 1);
     }
     lm_wcommit(d);
@@ -1339,26 +1326,27 @@ static void lm_count(db *d, const opset *o) {
 
 /* Untimed: entry count, then every id of every list. */
 static void lm_verify(db *d, const pop *p) {
-    uint64_t i, *buf = xmalloc(VERIFY_CAP * sizeof *buf);
+    uint64_t i, *buf = bench_xmalloc(VERIFY_CAP * sizeof *buf);
     MDB_stat ms;
     lm_rbegin(d);
     lm_check(mdb_stat(d->rtxn, d->dbi, &ms), "mdb_stat");
-    if (ms.ms_entries != p->total) fail("mdb_stat: %zu entries, expected %" PRIu64, (size_t)ms.ms_entries, p->total);
+    if (ms.ms_entries != p->total)
+        bench_fail("mdb_stat: %zu entries, expected %" PRIu64, (size_t)ms.ms_entries, p->total);
     for (i = 0; i < p->n; i++) {
         const uint64_t *want = pop_ids(p, i);
         uint64_t len = pop_len(p, i), at = 0, from = 0, pages;
         for (pages = 0; pages <= len / VERIFY_CAP + 1; pages++) { /* bounded: one page past the end */
             size_t n = lm_page(d, p->key[i], from, buf, VERIFY_CAP), k;
-            if (n > len - at) fail("list %016" PRIx64 ": more than its %" PRIu64 " ids", p->key[i], len);
+            if (n > len - at) bench_fail("list %016" PRIx64 ": more than its %" PRIu64 " ids", p->key[i], len);
             for (k = 0; k < n; k++)
                 if (buf[k] != want[at + k])
-                    fail("list %016" PRIx64 ": id %" PRIu64 " is %" PRIu64 ", expected %" PRIu64, p->key[i], at + k,
-                         buf[k], want[at + k]);
+                    bench_fail("list %016" PRIx64 ": id %" PRIu64 " is %" PRIu64 ", expected %" PRIu64, p->key[i],
+                               at + k, buf[k], want[at + k]);
             at += n;
             if (n < VERIFY_CAP) break;
             from = buf[n - 1] + 1;
         }
-        if (at != len) fail("list %016" PRIx64 ": %" PRIu64 " ids read, expected %" PRIu64, p->key[i], at, len);
+        if (at != len) bench_fail("list %016" PRIx64 ": %" PRIu64 " ids read, expected %" PRIu64, p->key[i], at, len);
     }
     lm_rend(d);
     free(buf);
@@ -1381,6 +1369,8 @@ static const engine g_engines[NENG] = {
     {"redis-set", rd_open, rd_close, rs_load, rs_add, rs_remove, rs_contains, NULL, rs_count, rs_verify, rd_ram},
     {"lmdb", lm_open, lm_close, lm_load, lm_add, lm_remove, lm_contains, lm_get, lm_count, lm_verify, lm_ram},
 };
+
+static const char *engine_name(int e) { return g_engines[e].name; }
 static int g_sel[NENG];
 
 static int is_redis(int ei) { return ei == E_REDIS || ei == E_RSET; }
@@ -1425,10 +1415,10 @@ typedef struct result {
     double v[M_COUNT_METRICS];
 } result;
 
-static void phase(const char *name) { g_phase = name; }
+static void phase(const char *name) { g_bench_phase = name; }
 
 static void progress(double v, const char *unit) {
-    fprintf(stderr, "bench_lists: %-6s %-14s %14.*f %s\n", g_engine, g_phase, v < 100 ? 3 : 0, v, unit);
+    fprintf(stderr, "bench_lists: %-6s %-14s %14.*f %s\n", g_bench_part, g_bench_phase, v < 100 ? 3 : 0, v, unit);
 }
 
 static double rate(uint64_t ops, double secs) { return (double)ops / (secs > 0 ? secs : 1e-9); }
@@ -1576,92 +1566,29 @@ static void run_engine(int ei, result *res) {
     bench_rm_tree(base);
 }
 
-static pid_t g_child_pid = -1; /* the engine child running now (signal handler) */
+static void child_main(void *out, void *arg) {
+    int ei = *(const int *)arg, i;
+    result *r = out;
+    g_bench_part = g_engines[ei].name;
+    for (i = 0; i < M_COUNT_METRICS; i++) r->v[i] = -1;
+    run_engine(ei, r);
+}
 
 /* Runs engine ei in a forked child; its result comes back through a pipe.
  * Returns 0, or -1 when the child failed (it said why). */
-static int run_child(int ei, result *out) {
-    int fd[2], status, i;
-    size_t got = 0;
-    pid_t pid;
-    fflush(NULL);
-    if (pipe(fd)) fail("pipe: %s", strerror(errno));
-    pid = fork();
-    if (pid < 0) fail("fork: %s", strerror(errno));
-    if (pid == 0) {
-        result r;
-        size_t put = 0;
-        prctl(PR_SET_PDEATHSIG, SIGKILL); /* the parent killed: so is this run */
-        signal(SIGALRM, SIG_DFL), signal(SIGINT, SIG_DFL), signal(SIGTERM, SIG_DFL);
-        g_child = 1, g_engine = g_engines[ei].name;
-        close(fd[0]);
-        for (i = 0; i < M_COUNT_METRICS; i++) r.v[i] = -1;
-        run_engine(ei, &r);
-        while (put < sizeof r) { /* bounded: every pass writes >= 1 byte or fails */
-            ssize_t w = write(fd[1], (const char *)&r + put, sizeof r - put);
-            if (w <= 0) fail("pipe write: %s", strerror(errno));
-            put += (size_t)w;
-        }
-        _exit(0);
-    }
-    g_child_pid = pid;
-    close(fd[1]);
-    while (got < sizeof *out) { /* bounded: every pass reads >= 1 byte or stops */
-        ssize_t r = read(fd[0], (char *)out + got, sizeof *out - got);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) break;
-        got += (size_t)r;
-    }
-    close(fd[0]);
-    while (waitpid(pid, &status, 0) < 0)
-        if (errno != EINTR) fail("waitpid: %s", strerror(errno));
-    g_child_pid = -1;
-    if (got != sizeof *out || !WIFEXITED(status) || WEXITSTATUS(status) != 0) return -1;
-    return 0;
-}
+static int run_child(int ei, result *out) { return bench_run_child(child_main, &ei, out, sizeof *out); }
 
 /* ==== 8. results ============================================================ */
 
 static result g_res[NENG];
 static char g_ver_lmdb[64], g_cpu[256], g_kernel[256];
 
-/* v with thousands separators and dec decimals; "-" when not measured. */
-static const char *fmt_num(char *out, size_t cap, double v, int dec) {
-    char tmp[64], *dot;
-    size_t i, intlen, o = 0;
-    if (v < 0) return "-";
-    snprintf(tmp, sizeof tmp, "%.*f", dec, v);
-    dot = strchr(tmp, '.');
-    intlen = dot ? (size_t)(dot - tmp) : strlen(tmp);
-    for (i = 0; tmp[i] && o + 2 < cap; i++) {
-        if (i > 0 && i < intlen && (intlen - i) % 3 == 0) out[o++] = ',';
-        out[o++] = tmp[i];
-    }
-    out[o] = '\0';
-    return out;
-}
-
 static void read_versions(void) {
     int a, b, c;
-    struct utsname u;
-    char line[512];
-    FILE *f;
     mdb_version(&a, &b, &c);
     snprintf(g_ver_lmdb, sizeof g_ver_lmdb, "%d.%d.%d", a, b, c);
-    snprintf(g_kernel, sizeof g_kernel, "unknown");
-    if (!uname(&u)) snprintf(g_kernel, sizeof g_kernel, "%s %s %s", u.sysname, u.release, u.machine);
-    snprintf(g_cpu, sizeof g_cpu, "unknown");
-    if ((f = fopen("/proc/cpuinfo", "r"))) {
-        while (fgets(line, sizeof line, f)) {
-            char *col = strchr(line, ':');
-            if (strncmp(line, "model name", 10) || !col) continue;
-            col += 1 + (col[1] == ' ');
-            col[strcspn(col, "\n")] = '\0';
-            snprintf(g_cpu, sizeof g_cpu, "%s", col);
-            break;
-        }
-        fclose(f);
-    }
+    bench_read_kernel(g_kernel, sizeof g_kernel);
+    bench_read_cpu(g_cpu, sizeof g_cpu);
 }
 
 /* kvidx / peer of metric m, or -1. */
@@ -1693,22 +1620,6 @@ static const char *g_config[NENG] = {
     "MDB_GET_MULTIPLE/NEXT_MULTIPLE; count: mdb_cursor_count",
 };
 
-static void json_str(const char *s) {
-    putchar('"');
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') printf("\\%c", c);
-        else if (c < 0x20) printf("\\u%04x", c);
-        else putchar(c);
-    }
-    putchar('"');
-}
-
-static void json_num(double v, int dec) {
-    if (v < 0) printf("null");
-    else printf("%.*f", dec, v);
-}
-
 static uint64_t ids_in_lists_of(const pop *p, uint64_t min) {
     uint64_t i, s = 0;
     for (i = 0; i < p->n; i++)
@@ -1719,11 +1630,9 @@ static uint64_t ids_in_lists_of(const pop *p, uint64_t min) {
 static void print_json(void) {
     int e, m, first;
     printf("{\n  \"bench\": \"bench_lists\",\n  \"versions\": {\"kvidx\": ");
-    json_str(kvidx_version());
-    printf(", \"redis\": ");
-    json_str(g_ver_redis);
-    printf(", \"lmdb\": ");
-    json_str(g_ver_lmdb);
+    bench_json_str(kvidx_version());
+    bench_json_field("redis", g_ver_redis);
+    bench_json_field("lmdb", g_ver_lmdb);
     printf(", \"hiredis\": \"%d.%d.%d\"},\n", HIREDIS_MAJOR, HIREDIS_MINOR, HIREDIS_PATCH);
     printf("  \"seed\": %" PRIu64 ", \"lists\": %" PRIu64 ", \"big_lists\": %" PRIu64 ", \"big_ids\": %" PRIu64
            ", \"ops\": %" PRIu64 ",\n",
@@ -1736,20 +1645,11 @@ static void print_json(void) {
            ", \"contains_big\": %" PRIu64 ", \"get\": %" PRIu64 ", \"get_big\": %" PRIu64 ", \"count\": %" PRIu64
            "},\n",
            g_add.n, g_rm.n, g_has.n, g_has_big.n, g_get.n, g_get_big.n, g_cnt.n);
-    printf("  \"nproc\": %ld, \"cpu\": ", sysconf(_SC_NPROCESSORS_ONLN));
-    json_str(g_cpu);
-    printf(", \"kernel\": ");
-    json_str(g_kernel);
-    printf(", \"dir\": ");
-    json_str(g_dir);
-    printf(",\n  \"engines\": {");
-    for (e = 0, first = 1; e < NENG; e++) {
-        if (!g_sel[e]) continue;
-        printf("%s\n    \"%s\": ", first ? "" : ",", g_engines[e].name);
-        json_str(g_config[e]);
-        first = 0;
-    }
-    printf("\n  },\n  \"metrics\": [");
+    printf("  ");
+    bench_json_machine(g_cpu, g_kernel);
+    bench_json_field("dir", g_dir);
+    bench_json_engines(engine_name, g_config, g_sel, NENG);
+    printf(",\n  \"metrics\": [");
     for (m = 0; m < M_COUNT_METRICS; m++) {
         const struct metric *mt = &g_metrics[m];
         printf("%s\n    {\"name\": \"%s\", \"unit\": \"%s\", \"better\": \"%s\", \"values\": {", m ? "," : "", mt->name,
@@ -1757,7 +1657,7 @@ static void print_json(void) {
         for (e = 0, first = 1; e < NENG; e++) {
             if (!g_sel[e]) continue;
             printf("%s\"%s\": ", first ? "" : ", ", g_engines[e].name);
-            json_num(g_res[e].v[m], mt->decimals);
+            bench_json_num(g_res[e].v[m], mt->decimals);
             first = 0;
         }
         printf("}, \"ratio\": {");
@@ -1772,27 +1672,6 @@ static void print_json(void) {
         printf("}}");
     }
     printf("\n  ]\n}\n");
-}
-
-/* Prints text as lines of at most width columns, the first after head,
- * the others indented to line up with it. */
-static void print_wrapped(const char *head, const char *text, int width) {
-    int indent = (int)strlen(head), col = indent;
-    const char *w = text;
-    fputs(head, stdout);
-    while (*w) { /* bounded: every pass consumes a word and its spaces */
-        int len = (int)strcspn(w, " ");
-        if (col > indent && col + 1 + len > width) {
-            printf("\n%*s", indent, "");
-            col = indent;
-        }
-        if (col > indent) putchar(' '), col++;
-        printf("%.*s", len, w);
-        col += len;
-        w += len;
-        w += strspn(w, " ");
-    }
-    putchar('\n');
 }
 
 static void print_population(FILE *f) {
@@ -1842,7 +1721,7 @@ static void print_table(void) {
         if (m == M_RAM) printf("-- footprint (bytes per id: a bare uint64 is 8) --\n");
         printf("%-14s %-7s %-6s", mt->name, mt->unit, mt->lower_better ? "lower" : "higher");
         for (e = 0; e < NENG; e++)
-            if (g_sel[e]) printf(" %13s", fmt_num(b1, sizeof b1, g_res[e].v[m], mt->decimals));
+            if (g_sel[e]) printf(" %13s", bench_fmt_num(b1, sizeof b1, g_res[e].v[m], mt->decimals));
         for (e = 1; e < NENG; e++) {
             double q = ratio(e, m);
             if (!g_sel[E_KVIDX] || !g_sel[e]) continue;
@@ -1859,7 +1738,7 @@ static void print_table(void) {
         char head[32];
         if (!g_sel[e]) continue;
         snprintf(head, sizeof head, "  %-9s ", g_engines[e].name);
-        print_wrapped(head, g_config[e], 108);
+        bench_print_wrapped(head, g_config[e], 108);
     }
     printf(
         "  Every answer read is compared with the model inside the timed loops (contains yes/no, every id of\n"
@@ -1891,38 +1770,14 @@ static void print_table(void) {
 
 /* ==== 9. redis-server, signals, main ========================================= */
 
-static pid_t g_redis_pid = -1;
-
+/* redis-server runs as g_bench_server_pid (bench.h): the signal handler
+ * kills it with the engine child. */
 static void redis_stop(void) {
-    if (g_redis_pid > 0) {
-        kill(g_redis_pid, SIGKILL);
-        while (waitpid(g_redis_pid, NULL, 0) < 0 && errno == EINTR) {}
-        g_redis_pid = -1;
+    if (g_bench_server_pid > 0) {
+        kill(g_bench_server_pid, SIGKILL);
+        while (waitpid(g_bench_server_pid, NULL, 0) < 0 && errno == EINTR) {}
+        g_bench_server_pid = -1;
     }
-}
-
-static volatile sig_atomic_t g_stopped; /* the signal that stopped the run, 0 if none */
-
-/* Alarm (the whole run took too long), ^C, kill: the engine child and
- * redis-server are killed. While a child runs, the parent then returns
- * to its wait, sees the child fail, reaps both and removes the data, with
- * 30 s more for that; otherwise (or on a second signal) it leaves now. */
-static void on_signal(int sig) {
-    static const char tmo[] = "bench_lists: timeout (--timeout): run killed\n";
-    static const char intr[] = "bench_lists: interrupted: run killed\n";
-    int first = !g_stopped;
-    g_stopped = sig;
-    if (g_child_pid > 0) kill(g_child_pid, SIGKILL);
-    if (g_redis_pid > 0) kill(g_redis_pid, SIGKILL);
-    if (first) {
-        if (write(2, sig == SIGALRM ? tmo : intr, sig == SIGALRM ? sizeof tmo - 1 : sizeof intr - 1) < 0) {}
-    }
-    if (first && g_child_pid > 0) {
-        alarm(30);
-        return;
-    }
-    if (g_redis_pid > 0) waitpid(g_redis_pid, NULL, 0);
-    _exit(sig == SIGALRM ? 3 : 130);
 }
 
 /* A port nobody listens on now (the kernel's pick for port 0). */
@@ -1930,12 +1785,12 @@ static int free_port(void) {
     struct sockaddr_in a;
     socklen_t len = sizeof a;
     int fd = socket(AF_INET, SOCK_STREAM, 0), port;
-    if (fd < 0) fail("socket: %s", strerror(errno));
+    if (fd < 0) bench_fail("socket: %s", strerror(errno));
     memset(&a, 0, sizeof a);
     a.sin_family = AF_INET;
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (bind(fd, (struct sockaddr *)&a, sizeof a) || getsockname(fd, (struct sockaddr *)&a, &len))
-        fail("bind 127.0.0.1:0: %s", strerror(errno));
+        bench_fail("bind 127.0.0.1:0: %s", strerror(errno));
     port = ntohs(a.sin_port);
     close(fd);
     return port;
@@ -1946,8 +1801,8 @@ static int free_port(void) {
 static void redis_start(void) {
     char tmpl[PATH_CAP], log[PATH_CAP], port_s[16];
     int attempt, i;
-    if (snprintf(tmpl, sizeof tmpl, "%s/redis-XXXXXX", g_dir) >= (int)sizeof tmpl) fail("path too long");
-    if (!mkdtemp(tmpl)) fail("mkdtemp %s: %s", tmpl, strerror(errno));
+    if (snprintf(tmpl, sizeof tmpl, "%s/redis-XXXXXX", g_dir) >= (int)sizeof tmpl) bench_fail("path too long");
+    if (!mkdtemp(tmpl)) bench_fail("mkdtemp %s: %s", tmpl, strerror(errno));
     snprintf(g_redis_dir, sizeof g_redis_dir, "%s", tmpl);
     bench_path_join(log, g_redis_dir, "redis.log");
     for (attempt = 0; attempt < 3; attempt++) {
@@ -1956,7 +1811,7 @@ static void redis_start(void) {
         snprintf(port_s, sizeof port_s, "%d", g_redis_port);
         fflush(NULL);
         pid = fork();
-        if (pid < 0) fail("fork: %s", strerror(errno));
+        if (pid < 0) bench_fail("fork: %s", strerror(errno));
         if (pid == 0) {
             int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
             prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlives this program */
@@ -1966,14 +1821,14 @@ static void redis_start(void) {
                    "yes", (char *)NULL);
             _exit(127);
         }
-        g_redis_pid = pid;
+        g_bench_server_pid = pid;
         for (i = 0; i < 200; i++) { /* 200 * 50 ms */
             struct timeval tv = {0, 200000};
             struct timespec ts = {0, 50000000};
             redisContext *c;
             int st;
             if (waitpid(pid, &st, WNOHANG) == pid) {
-                g_redis_pid = -1;
+                g_bench_server_pid = -1;
                 break;
             }
             c = redisConnectWithTimeout("127.0.0.1", g_redis_port, tv);
@@ -1993,7 +1848,7 @@ static void redis_start(void) {
         }
         redis_stop();
     }
-    fail("redis-server did not start (see %s)", log);
+    bench_fail("redis-server did not start (see %s)", log);
 }
 
 static void usage(const char *argv0) {
@@ -2017,51 +1872,33 @@ static void usage(const char *argv0) {
     exit(2);
 }
 
-static void parse_engines(const char *list) {
-    char buf[256], *tok, *save = NULL;
-    int e;
-    if (strlen(list) >= sizeof buf) fail("--engines: list too long");
-    memcpy(buf, list, strlen(list) + 1);
-    memset(g_sel, 0, sizeof g_sel);
-    for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        for (e = 0; e < NENG && strcmp(tok, g_engines[e].name); e++) {}
-        if (e == NENG) fail("--engines: unknown engine '%s' (kvidx, redis, redis-set, lmdb)", tok);
-        g_sel[e] = 1;
-    }
-}
+static void parse_engines(const char *list) { bench_parse_list("--engines", list, engine_name, NENG, "engine", g_sel); }
 
 int main(int argc, char **argv) {
-    int a, e, any = 0, failed = 0;
+    static const bench_opt opts[] = {
+        {"--json", BENCH_OPT_FLAG, &g_json, NULL},
+        {"--lists", BENCH_OPT_U64, &g_lists, NULL},
+        {"--big-lists", BENCH_OPT_U64, &g_big_lists, NULL},
+        {"--big-ids", BENCH_OPT_U64, &g_big_ids, NULL},
+        {"--ops", BENCH_OPT_U64, &g_ops, NULL},
+        {"--seed", BENCH_OPT_U64, &g_seed, NULL},
+        {"--timeout", BENCH_OPT_UINT, &g_timeout, NULL},
+        {"--engines", BENCH_OPT_FN, NULL, parse_engines},
+        {"--dir", BENCH_OPT_STR, &g_dir, NULL},
+        {NULL, 0, NULL, NULL},
+    };
+    int e, any = 0, failed = 0;
     uint64_t i;
     double t0 = bench_now_s();
 
     for (e = 0; e < NENG; e++) g_sel[e] = 1;
-    for (a = 1; a < argc; a++) {
-        const char *o = argv[a], *val;
-        char *end = NULL;
-        if (!strcmp(o, "--json")) {
-            g_json = 1;
-            continue;
-        }
-        if (a + 1 >= argc) usage(argv[0]);
-        val = argv[++a];
-        if (!strcmp(o, "--lists")) g_lists = strtoull(val, &end, 0);
-        else if (!strcmp(o, "--big-lists")) g_big_lists = strtoull(val, &end, 0);
-        else if (!strcmp(o, "--big-ids")) g_big_ids = strtoull(val, &end, 0);
-        else if (!strcmp(o, "--ops")) g_ops = strtoull(val, &end, 0);
-        else if (!strcmp(o, "--seed")) g_seed = strtoull(val, &end, 0);
-        else if (!strcmp(o, "--timeout")) g_timeout = (unsigned)strtoul(val, &end, 0);
-        else if (!strcmp(o, "--engines")) parse_engines(val);
-        else if (!strcmp(o, "--dir")) g_dir = val;
-        else usage(argv[0]);
-        if (end && (*end || end == val)) fail("bad number for %s: '%s'", o, val);
-    }
-    if (g_lists < 10 || g_lists > 100000000) fail("--lists must be in 10..100000000");
-    if (g_big_lists > 1000) fail("--big-lists must be in 0..1000");
-    if (g_big_lists && (g_big_ids < 1 || g_big_ids > 50000000)) fail("--big-ids must be in 1..50000000");
-    if (g_ops < 100 || g_ops > 1000000000) fail("--ops must be in 100..1000000000");
+    bench_parse_opts(argc, argv, opts, usage);
+    if (g_lists < 10 || g_lists > 100000000) bench_fail("--lists must be in 10..100000000");
+    if (g_big_lists > 1000) bench_fail("--big-lists must be in 0..1000");
+    if (g_big_lists && (g_big_ids < 1 || g_big_ids > 50000000)) bench_fail("--big-ids must be in 1..50000000");
+    if (g_ops < 100 || g_ops > 1000000000) bench_fail("--ops must be in 100..1000000000");
     for (e = 0; e < NENG; e++) any |= g_sel[e];
-    if (!any) fail("--engines: none selected");
+    if (!any) bench_fail("--engines: none selected");
 
     /* Everything is bounded by the alarm, whatever hangs: 400 s for the
      * default ~3.7M ids (which take about a minute with the four
@@ -2070,10 +1907,7 @@ int main(int argc, char **argv) {
         double ids = 28.0 * (double)g_lists + (double)g_big_lists * (double)g_big_ids;
         g_timeout = (unsigned)(400.0 * (ids > 3.7e6 ? ids / 3.7e6 : 1.0));
     }
-    signal(SIGALRM, on_signal);
-    signal(SIGINT, on_signal);
-    signal(SIGTERM, on_signal);
-    alarm(g_timeout);
+    bench_arm(g_timeout);
     atexit(redis_stop);
 
     read_versions();
@@ -2081,7 +1915,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "bench_lists: generating the population (seed %" PRIu64 ")\n", g_seed);
     make_populations();
     make_ops();
-    g_by_key = xmalloc((size_t)g_fin.n * sizeof *g_by_key);
+    g_by_key = bench_xmalloc((size_t)g_fin.n * sizeof *g_by_key);
     for (i = 0; i < g_fin.n; i++) g_by_key[i] = i;
     qsort(g_by_key, (size_t)g_fin.n, sizeof *g_by_key, cmp_by_key);
     print_population(stderr);
@@ -2092,11 +1926,11 @@ int main(int argc, char **argv) {
         for (m = 0; m < M_COUNT_METRICS; m++) g_res[e].v[m] = -1;
         if (!g_sel[e]) continue;
         if (is_redis(e)) { /* a fresh server per Redis engine: neither inherits the other's heap */
-            g_engine = g_engines[e].name, g_phase = "redis-server";
+            g_bench_part = g_engines[e].name, g_bench_phase = "redis-server";
             redis_start();
             fprintf(stderr, "bench_lists: redis-server %s on 127.0.0.1:%d, dir %s (%s)\n", g_ver_redis,
                     g_redis_port, g_redis_dir, g_engines[e].name);
-            g_engine = "bench", g_phase = "setup";
+            g_bench_part = "bench", g_bench_phase = "setup";
         }
         rc = run_child(e, &g_res[e]);
         if (is_redis(e)) {
@@ -2105,8 +1939,8 @@ int main(int argc, char **argv) {
             g_redis_dir[0] = '\0';
         }
         if (rc) {
-            g_engine = g_engines[e].name, g_phase = "run";
-            if (g_stopped) fprintf(stderr, "bench_lists: %s stopped by the signal\n", g_engines[e].name);
+            g_bench_part = g_engines[e].name, g_bench_phase = "run";
+            if (g_bench_stopped) fprintf(stderr, "bench_lists: %s stopped by the signal\n", g_engines[e].name);
             else fprintf(stderr, "bench_lists: %s failed (see above); run stopped\n", g_engines[e].name);
             failed = 1;
             break;
@@ -2120,7 +1954,7 @@ int main(int argc, char **argv) {
     }
     if (g_redis_dir[0]) bench_rm_tree(g_redis_dir);
     rmdir(g_dir); /* only if empty: --dir may name a directory holding other things */
-    if (failed) return g_stopped == SIGALRM ? 3 : g_stopped ? 130 : 1;
+    if (failed) return bench_failed_status();
 
     if (g_json) print_json();
     else print_table();

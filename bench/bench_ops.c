@@ -42,7 +42,6 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
-#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -50,6 +49,7 @@
 #include <lmdb.h>
 
 #include "kvidx.h"
+#define BENCH_PROG "bench_ops"
 #define BENCH_FILES
 #include "bench.h"
 
@@ -81,31 +81,9 @@ static int g_parts[3] = {1, 1, 1}; /* fsync, sync, compact: run this part */
 
 /* ==== 2. failure ======================================================== */
 
-static const char *g_part = "bench"; /* named in every failure message */
-static const char *g_phase = "setup";
-static int g_child;                  /* in a forked child: leave with _exit */
-
-/* Prints "bench_ops: PART PHASE: message" and ends the process. A child
- * leaves with _exit (from any of its threads): no library destructor runs
- * beside live threads; the parent sees the failure, removes the data and
- * stops the run. */
-static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-static void fail(const char *fmt, ...) {
-    va_list ap;
-    fprintf(stderr, "bench_ops: %s %s: ", g_part, g_phase);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    if (g_child) _exit(1);
-    exit(1);
-}
-
-static void *xmalloc(size_t n) {
-    void *p = malloc(n ? n : 1);
-    if (!p) fail("out of memory (%zu bytes)", n);
-    return p;
-}
+/* bench_fail (bench.h): "bench_ops: PART PHASE: message", then exit (a
+ * child: _exit, from any of its threads). g_bench_part is the part (a
+ * sync run: its engine), g_bench_phase the phase. */
 
 /* ==== 3. keys, values, latencies ========================================= */
 
@@ -150,7 +128,7 @@ typedef struct lat {
 static void lat_init(lat *l, size_t cap) {
     memset(l, 0, sizeof *l);
     l->cap = cap;
-    l->v = xmalloc(l->cap * sizeof *l->v);
+    l->v = bench_xmalloc(l->cap * sizeof *l->v);
 }
 
 static void lat_add(lat *l, uint64_t ns) {
@@ -178,7 +156,7 @@ static double lat_q(lat *l, double p) {
 /* ==== 4. engines ========================================================== */
 
 static void kv_check(int rc, const char *what) {
-    if (rc) fail("%s: %s", what, kvidx_strerror(rc));
+    if (rc) bench_fail("%s: %s", what, kvidx_strerror(rc));
 }
 
 /* Defaults (8 shards, background sync every 1000 ms) but no background
@@ -213,16 +191,16 @@ static void kv_expect(kvidx *db, uint64_t key, uint32_t ver) {
     size_t len;
     int rc = kvidx_get(db, key, buf, sizeof buf, &len);
     if (rc == KVIDX_NOTFOUND) {
-        if (ver) fail("key %016" PRIx64 ": missing (expected version %u)", key, ver);
+        if (ver) bench_fail("key %016" PRIx64 ": missing (expected version %u)", key, ver);
         return;
     }
     kv_check(rc, "kvidx_get");
-    if (!ver) fail("key %016" PRIx64 ": present, expected deleted", key);
-    if (!val_is(buf, len, key, ver)) fail("key %016" PRIx64 ": wrong value (expected version %u)", key, ver);
+    if (!ver) bench_fail("key %016" PRIx64 ": present, expected deleted", key);
+    if (!val_is(buf, len, key, ver)) bench_fail("key %016" PRIx64 ": wrong value (expected version %u)", key, ver);
 }
 
 static void lm_check(int rc, const char *what) {
-    if (rc) fail("%s: %s", what, mdb_strerror(rc));
+    if (rc) bench_fail("%s: %s", what, mdb_strerror(rc));
 }
 
 /* LMDB's defaults: flags 0, so every commit is durable (fdatasync of the
@@ -230,7 +208,7 @@ static void lm_check(int rc, const char *what) {
 static MDB_env *lm_open(const char *dir, MDB_dbi *dbi) {
     MDB_env *env;
     MDB_txn *t;
-    if (mkdir(dir, 0755) && errno != EEXIST) fail("mkdir %s: %s", dir, strerror(errno));
+    if (mkdir(dir, 0755) && errno != EEXIST) bench_fail("mkdir %s: %s", dir, strerror(errno));
     lm_check(mdb_env_create(&env), "mdb_env_create");
     lm_check(mdb_env_set_mapsize(env, (size_t)LMDB_MAPSIZE), "mdb_env_set_mapsize");
     lm_check(mdb_env_open(env, dir, 0, 0644), "mdb_env_open");
@@ -318,22 +296,55 @@ typedef struct result {
 } result;
 
 static void progress(double v, const char *unit) {
-    fprintf(stderr, "bench_ops: %-7s %-22s %14.*f %s\n", g_part, g_phase, v < 100 ? 3 : 0, v, unit);
+    fprintf(stderr, "bench_ops: %-7s %-22s %14.*f %s\n", g_bench_part, g_bench_phase, v < 100 ? 3 : 0, v, unit);
 }
 
 static double rate(uint64_t ops, double secs) { return (double)ops / (secs > 0 ? secs : 1e-9); }
 
+/* What every thread of a timed run (the fsync and sync parts) starts with. */
+typedef struct run_thr {
+    pthread_t th;
+    int id;
+    pthread_barrier_t *bar; /* every thread waits here, then runs to g_deadline */
+    uint64_t count;         /* operations done */
+    double secs;            /* from the barrier to the end of its last operation */
+} run_thr;
+
+static uint64_t g_deadline; /* set before the barrier the threads wait at */
+
+/* Starts fn on the nthr threads at t (elem bytes apart, each beginning
+ * with a run_thr; the rest set by the caller), lets them go together with
+ * the deadline secs (+ 20 ms) away, joins them. Returns the operations per
+ * second of all, over the longest thread's time; *total: the operations. */
+static double run_threads(void *t, size_t elem, int nthr, void *(*fn)(void *), double secs, uint64_t *total) {
+    pthread_barrier_t bar;
+    double longest = 0;
+    int i;
+    *total = 0;
+    pthread_barrier_init(&bar, NULL, (unsigned)nthr + 1);
+    for (i = 0; i < nthr; i++) {
+        run_thr *r = (run_thr *)((char *)t + (size_t)i * elem);
+        r->id = i, r->bar = &bar;
+        if (pthread_create(&r->th, NULL, fn, r)) bench_fail("pthread_create");
+    }
+    __atomic_store_n(&g_deadline, bench_now_ns() + (uint64_t)(secs * 1e9) + 20000000ull, __ATOMIC_SEQ_CST);
+    pthread_barrier_wait(&bar);
+    for (i = 0; i < nthr; i++) {
+        run_thr *r = (run_thr *)((char *)t + (size_t)i * elem);
+        pthread_join(r->th, NULL);
+        *total += r->count;
+        if (r->secs > longest) longest = r->secs;
+    }
+    pthread_barrier_destroy(&bar);
+    return rate(*total, longest);
+}
+
 /* ==== 6. part fsync ======================================================= */
 
 typedef struct fs_thr {
-    pthread_t th;
-    int id, append;
-    pthread_barrier_t *bar;
-    uint64_t deadline, count;
-    double secs;
+    run_thr rt;
+    int append;
 } fs_thr;
-
-static uint64_t g_deadline; /* set before the barrier the threads wait at */
 
 static void *fs_main(void *arg) {
     fs_thr *t = arg;
@@ -341,28 +352,28 @@ static void *fs_main(void *arg) {
     uint8_t *buf;
     uint64_t t0, off = 0;
     int fd;
-    snprintf(name, sizeof name, "fsync-%d", t->id);
+    snprintf(name, sizeof name, "fsync-%d", t->rt.id);
     bench_path_join(path, g_dir, name);
     fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) fail("open %s: %s", path, strerror(errno));
-    if (posix_memalign((void **)&buf, FS_BLOCK, FS_BLOCK)) fail("out of memory");
+    if (fd < 0) bench_fail("open %s: %s", path, strerror(errno));
+    if (posix_memalign((void **)&buf, FS_BLOCK, FS_BLOCK)) bench_fail("out of memory");
     memset(buf, 0xA5, FS_BLOCK);
     /* The block is allocated and written once before timing: in place,
      * each sync then writes one data block and no metadata. */
-    if (pwrite(fd, buf, FS_BLOCK, 0) != FS_BLOCK || fdatasync(fd)) fail("%s: %s", path, strerror(errno));
+    if (pwrite(fd, buf, FS_BLOCK, 0) != FS_BLOCK || fdatasync(fd)) bench_fail("%s: %s", path, strerror(errno));
     if (t->append) off = FS_BLOCK;
-    pthread_barrier_wait(t->bar);
+    pthread_barrier_wait(t->rt.bar);
     t0 = bench_now_ns();
     while (bench_now_ns() < g_deadline) {
-        buf[0] = (uint8_t)t->count;
-        if (pwrite(fd, buf, FS_BLOCK, (off_t)off) != FS_BLOCK) fail("pwrite %s: %s", path, strerror(errno));
-        if (fdatasync(fd)) fail("fdatasync %s: %s", path, strerror(errno));
-        t->count++;
+        buf[0] = (uint8_t)t->rt.count;
+        if (pwrite(fd, buf, FS_BLOCK, (off_t)off) != FS_BLOCK) bench_fail("pwrite %s: %s", path, strerror(errno));
+        if (fdatasync(fd)) bench_fail("fdatasync %s: %s", path, strerror(errno));
+        t->rt.count++;
         if (t->append) off += FS_BLOCK;
     }
-    t->secs = (double)(bench_now_ns() - t0) * 1e-9;
+    t->rt.secs = (double)(bench_now_ns() - t0) * 1e-9;
     close(fd);
-    if (unlink(path)) fail("unlink %s: %s", path, strerror(errno));
+    if (unlink(path)) bench_fail("unlink %s: %s", path, strerror(errno));
     free(buf);
     return NULL;
 }
@@ -371,41 +382,28 @@ static void *fs_main(void *arg) {
  * fdatasync'ing it, for FSYNC_SECS; returns the syncs/s of all. */
 static double fs_run(int nthr, int append) {
     fs_thr t[8];
-    pthread_barrier_t bar;
-    uint64_t total = 0;
-    double secs = 0;
+    uint64_t total;
     int i;
-    pthread_barrier_init(&bar, NULL, (unsigned)nthr + 1);
     for (i = 0; i < nthr; i++) {
         memset(&t[i], 0, sizeof t[i]);
-        t[i].id = i, t[i].append = append, t[i].bar = &bar;
-        if (pthread_create(&t[i].th, NULL, fs_main, &t[i])) fail("pthread_create");
+        t[i].append = append;
     }
-    g_deadline = UINT64_MAX;
-    __atomic_store_n(&g_deadline, bench_now_ns() + (uint64_t)(FSYNC_SECS * 1e9) + 20000000ull, __ATOMIC_SEQ_CST);
-    pthread_barrier_wait(&bar);
-    for (i = 0; i < nthr; i++) {
-        pthread_join(t[i].th, NULL);
-        total += t[i].count;
-        if (t[i].secs > secs) secs = t[i].secs;
-    }
-    pthread_barrier_destroy(&bar);
-    return rate(total, secs);
+    return run_threads(t, sizeof *t, nthr, fs_main, FSYNC_SECS, &total);
 }
 
 static void part_fsync(result *r) {
     double x;
-    g_phase = "fdatasync-1t";
+    g_bench_phase = "fdatasync-1t";
     x = fs_run(1, 0);
     r->a[M_FS_1T] = x, r->a[M_FS_1T_US] = 1e6 / x;
     progress(x, "syncs/s");
-    g_phase = "fdatasync-append";
+    g_bench_phase = "fdatasync-append";
     r->a[M_FS_APPEND_US] = 1e6 / fs_run(1, 1);
     progress(r->a[M_FS_APPEND_US], "us");
-    g_phase = "fdatasync-2t";
+    g_bench_phase = "fdatasync-2t";
     r->a[M_FS_2T] = fs_run(2, 0);
     progress(r->a[M_FS_2T], "syncs/s");
-    g_phase = "fdatasync-8t";
+    g_bench_phase = "fdatasync-8t";
     r->a[M_FS_8T] = fs_run(8, 0);
     progress(r->a[M_FS_8T], "syncs/s");
 }
@@ -416,14 +414,10 @@ static void part_fsync(result *r) {
  * 1, one durable put (kvidx KVIDX_SYNC / one LMDB write txn) each, until
  * the deadline or SYNC_CAP. */
 typedef struct sy_thr {
-    pthread_t th;
-    int id;
-    pthread_barrier_t *bar;
+    run_thr rt;
     kvidx *db;
     MDB_env *env;
     MDB_dbi dbi;
-    uint64_t count;
-    double secs;
     lat l;
 } sy_thr;
 
@@ -433,11 +427,11 @@ static void *sy_main(void *arg) {
     sy_thr *t = arg;
     uint8_t v[VLEN], kb[8];
     uint64_t t0, dl;
-    pthread_barrier_wait(t->bar);
+    pthread_barrier_wait(t->rt.bar);
     dl = __atomic_load_n(&g_deadline, __ATOMIC_SEQ_CST);
     t0 = bench_now_ns();
-    while (t->count < SYNC_CAP && bench_now_ns() < dl) {
-        uint64_t key = sy_key(t->id, t->count), p0 = bench_now_ns();
+    while (t->rt.count < SYNC_CAP && bench_now_ns() < dl) {
+        uint64_t key = sy_key(t->rt.id, t->rt.count), p0 = bench_now_ns();
         make_val(key, 1, v);
         if (t->db) {
             kv_check(kvidx_put(t->db, key, v, VLEN), "kvidx_put (KVIDX_SYNC)");
@@ -451,9 +445,9 @@ static void *sy_main(void *arg) {
             lm_check(mdb_txn_commit(txn), "mdb_txn_commit");
         }
         lat_add(&t->l, bench_now_ns() - p0);
-        t->count++;
+        t->rt.count++;
     }
-    t->secs = (double)(bench_now_ns() - t0) * 1e-9;
+    t->rt.secs = (double)(bench_now_ns() - t0) * 1e-9;
     return NULL;
 }
 
@@ -465,9 +459,9 @@ static void sy_verify_kvidx(const char *dir, const sy_thr *t, int nthr, uint64_t
     uint64_t j;
     int i;
     for (i = 0; i < nthr; i++)
-        for (j = 0; j < t[i].count; j++) kv_expect(db, sy_key(i, j), 1);
+        for (j = 0; j < t[i].rt.count; j++) kv_expect(db, sy_key(i, j), 1);
     kv_stat(db, &st);
-    if (st.keys != total) fail("%" PRIu64 " keys after reopen, %" PRIu64 " written", st.keys, total);
+    if (st.keys != total) bench_fail("%" PRIu64 " keys after reopen, %" PRIu64 " written", st.keys, total);
     kv_close(db);
 }
 
@@ -481,16 +475,17 @@ static void sy_verify_lmdb(const char *dir, const sy_thr *t, int nthr, uint64_t 
     int i;
     lm_check(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), "mdb_txn_begin (read)");
     for (i = 0; i < nthr; i++)
-        for (j = 0; j < t[i].count; j++) {
+        for (j = 0; j < t[i].rt.count; j++) {
             uint64_t key = sy_key(i, j);
             MDB_val k, d;
             be_put(kb, key);
             k.mv_data = kb, k.mv_size = 8;
-            if (mdb_get(txn, dbi, &k, &d)) fail("key %016" PRIx64 ": missing after reopen", key);
-            if (!val_is(d.mv_data, d.mv_size, key, 1)) fail("key %016" PRIx64 ": wrong value", key);
+            if (mdb_get(txn, dbi, &k, &d)) bench_fail("key %016" PRIx64 ": missing after reopen", key);
+            if (!val_is(d.mv_data, d.mv_size, key, 1)) bench_fail("key %016" PRIx64 ": wrong value", key);
         }
     lm_check(mdb_stat(txn, dbi, &ms), "mdb_stat");
-    if ((uint64_t)ms.ms_entries != total) fail("%zu entries after reopen, %" PRIu64 " written", ms.ms_entries, total);
+    if ((uint64_t)ms.ms_entries != total)
+        bench_fail("%zu entries after reopen, %" PRIu64 " written", ms.ms_entries, total);
     mdb_txn_abort(txn);
     mdb_env_close(env);
 }
@@ -501,37 +496,26 @@ static void part_sync(result *r, int lmdb, int ti) {
     static const int m_total[NTHR] = {M_SY_1T, M_SY_2T, M_SY_8T}, m_per[NTHR] = {M_SY_1T_PER, M_SY_2T_PER, M_SY_8T_PER};
     int nthr = g_thr[ti], i;
     char dir[PATH_CAP], name[32];
-    pthread_barrier_t bar;
     sy_thr t[8];
     kvidx *db = NULL;
     MDB_env *env = NULL;
     MDB_dbi dbi = 0;
-    uint64_t total = 0;
-    double secs = 0, x;
+    uint64_t total;
+    double x;
     static char ph[32];
     snprintf(name, sizeof name, "sync-%s-%d", lmdb ? "lmdb" : "kvidx", nthr);
     bench_path_join(dir, g_dir, name);
     bench_rm_tree(dir);
     snprintf(ph, sizeof ph, "sync-%dt", nthr);
-    g_phase = ph;
+    g_bench_phase = ph;
     if (lmdb) env = lm_open(dir, &dbi);
     else db = kv_open(dir, KVIDX_CREATE | KVIDX_SYNC);
-    pthread_barrier_init(&bar, NULL, (unsigned)nthr + 1);
     for (i = 0; i < nthr; i++) {
         memset(&t[i], 0, sizeof t[i]);
-        t[i].id = i, t[i].bar = &bar, t[i].db = db, t[i].env = env, t[i].dbi = dbi;
+        t[i].db = db, t[i].env = env, t[i].dbi = dbi;
         lat_init(&t[i].l, SY_LAT_CAP);
-        if (pthread_create(&t[i].th, NULL, sy_main, &t[i])) fail("pthread_create");
     }
-    __atomic_store_n(&g_deadline, bench_now_ns() + (uint64_t)(g_secs * 1e9) + 20000000ull, __ATOMIC_SEQ_CST);
-    pthread_barrier_wait(&bar);
-    for (i = 0; i < nthr; i++) {
-        pthread_join(t[i].th, NULL);
-        total += t[i].count;
-        if (t[i].secs > secs) secs = t[i].secs;
-    }
-    pthread_barrier_destroy(&bar);
-    x = rate(total, secs);
+    x = run_threads(t, sizeof *t, nthr, sy_main, g_secs, &total);
     progress(x, "puts/s");
     {   /* every thread's put latencies together: stderr only */
         lat all;
@@ -543,8 +527,8 @@ static void part_sync(result *r, int lmdb, int ti) {
             free(t[i].l.v);
         }
         fprintf(stderr, "bench_ops: %-7s %-22s put latency p50 %.0f us, p99 %.0f us, max %.0f us; thread puts",
-                g_part, g_phase, lat_q(&all, 0.5) / 1e3, lat_q(&all, 0.99) / 1e3, (double)all.max / 1e3);
-        for (i = 0; i < nthr; i++) fprintf(stderr, " %" PRIu64, t[i].count);
+                g_bench_part, g_bench_phase, lat_q(&all, 0.5) / 1e3, lat_q(&all, 0.99) / 1e3, (double)all.max / 1e3);
+        for (i = 0; i < nthr; i++) fprintf(stderr, " %" PRIu64, t[i].rt.count);
         fputc('\n', stderr);
         free(all.v);
     }
@@ -552,7 +536,7 @@ static void part_sync(result *r, int lmdb, int ti) {
     else r->a[m_total[ti]] = x, r->a[m_per[ti]] = x / nthr;
     if (lmdb) mdb_env_close(env);
     else kv_close(db);
-    g_phase = "verify";
+    g_bench_phase = "verify";
     if (lmdb) sy_verify_lmdb(dir, t, nthr, total);
     else sy_verify_kvidx(dir, t, nthr, total);
     bench_rm_tree(dir);
@@ -586,7 +570,7 @@ static void cp_verify(kvidx *db, int stage, uint64_t wdone) {
     uint64_t i;
     for (i = 0; i < g_n; i++) kv_expect(db, key_at(i), expect_ver(i, stage, wdone));
     kv_stat(db, &st);
-    if (st.keys != live_count()) fail("%" PRIu64 " keys, expected %" PRIu64, st.keys, live_count());
+    if (st.keys != live_count()) bench_fail("%" PRIu64 " keys, expected %" PRIu64, st.keys, live_count());
 }
 
 /* Disk bytes per live key after sync, close and reopen (so the section
@@ -600,6 +584,14 @@ static kvidx *cp_reopen(kvidx *db, const char *dir, kvidx_stats *st) {
 }
 
 static double per_rec(const kvidx_stats *st) { return (double)st->disk_bytes / (double)(st->keys ? st->keys : 1); }
+
+/* stderr: the files of a database (after what) as kvidx_stat sees them. */
+static void cp_files(const char *what, const kvidx_stats *st) {
+    fprintf(stderr, "bench_ops: compact  %s: key logs %" PRIu64 " value logs %" PRIu64 " buffers %" PRIu64
+                    " list logs %" PRIu64 " snapshots %" PRIu64 " (st_size), disk %" PRIu64 " (blocks)\n",
+            what, st->key_log_bytes, st->value_log_bytes, st->buffer_bytes, st->list_log_bytes,
+            st->list_snapshot_bytes, st->disk_bytes);
+}
 
 /* The writer and the reader under the loaded compaction. */
 static kvidx *g_cdb;
@@ -653,13 +645,14 @@ static void *cp_reader(void *arg) {
             lat_add(&g_rlat, t1 - t0);
             if (!in_cp && t1 - t0 > g_rmax_out) g_rmax_out = t1 - t0;
             if (rc == KVIDX_NOTFOUND) {
-                if (want) fail("reader: key %016" PRIx64 ": missing during compaction", key);
+                if (want) bench_fail("reader: key %016" PRIx64 ": missing during compaction", key);
                 continue;
             }
             kv_check(rc, "kvidx_get (reader)");
             /* not yet acknowledged to this reader: the writer's new version or the old one */
             if (!want || !(val_is(buf, len, key, want) || ((i & 3) == 2 && want == 2 && val_is(buf, len, key, 3))))
-                fail("reader: key %016" PRIx64 ": wrong value during compaction (expected version %u)", key, want);
+                bench_fail("reader: key %016" PRIx64 ": wrong value during compaction (expected version %u)", key,
+                           want);
         }
         next += READER_PERIOD_NS;
         now = bench_now_ns();
@@ -685,26 +678,27 @@ static void part_compact(result *r) {
     bench_rm_tree(dir);
     bench_rm_tree(fdir);
     db = kv_open(dir, KVIDX_CREATE);
-    g_phase = "load";
+    g_bench_phase = "load";
     t0 = bench_now_ns();
     for (i = 0; i < g_n; i++) kv_put(db, key_at(i), 1);
     r->a[M_LOAD] = rate(g_n, (double)(bench_now_ns() - t0) * 1e-9);
     progress(r->a[M_LOAD], "puts/s");
-    g_phase = "overwrite+delete";
+    g_bench_phase = "overwrite+delete";
     for (i = 0; i < g_n; i += 2) kv_put(db, key_at(i), 2);
     for (i = 1; i < g_n; i += 4) kv_check(kvidx_delete(db, key_at(i)), "kvidx_delete");
     db = cp_reopen(db, dir, &st0);
-    if (st0.keys != live) fail("%" PRIu64 " keys, expected %" PRIu64, st0.keys, live);
+    if (st0.keys != live) bench_fail("%" PRIu64 " keys, expected %" PRIu64, st0.keys, live);
     r->a[M_GARBAGE] = 100.0 * (double)st0.garbage_bytes / (double)(st0.live_bytes + st0.garbage_bytes);
     r->a[M_DISK_BEFORE] = per_rec(&st0);
     progress(r->a[M_DISK_BEFORE], "B/rec before");
 
-    g_phase = "compact";
+    g_bench_phase = "compact";
     t0 = bench_now_ns();
     kv_check(kvidx_compact(db), "kvidx_compact");
     secs = (double)(bench_now_ns() - t0) * 1e-9;
     kv_stat(db, &st1);
-    if (st1.compactions != st0.shards) fail("%" PRIu64 " shard compactions, expected %u", st1.compactions, st0.shards);
+    if (st1.compactions != st0.shards)
+        bench_fail("%" PRIu64 " shard compactions, expected %u", st1.compactions, st0.shards);
     r->a[M_CP_TIME] = secs;
     r->a[M_CP_RATE] = (double)st0.live_bytes / secs / 1e6;
     r->a[M_CP_FREED] = st0.disk_bytes > st1.disk_bytes ? (double)(st0.disk_bytes - st1.disk_bytes) / secs / 1e6 : 0;
@@ -716,14 +710,11 @@ static void part_compact(result *r) {
     db = cp_reopen(db, dir, &st2);
     r->a[M_DISK_AFTER] = per_rec(&st2);
     progress(r->a[M_DISK_AFTER], "B/rec after");
-    fprintf(stderr, "bench_ops: compact  after reopen: key logs %" PRIu64 " value logs %" PRIu64 " buffers %" PRIu64
-                    " list logs %" PRIu64 " snapshots %" PRIu64 " (st_size), disk %" PRIu64 " (blocks)\n",
-            st2.key_log_bytes, st2.value_log_bytes, st2.buffer_bytes, st2.list_log_bytes, st2.list_snapshot_bytes,
-            st2.disk_bytes);
-    g_phase = "verify";
+    cp_files("after reopen", &st2);
+    g_bench_phase = "verify";
     cp_verify(db, 1, 0);
 
-    g_phase = "fresh";
+    g_bench_phase = "fresh";
     fdb = kv_open(fdir, KVIDX_CREATE);
     for (i = 0; i < g_n; i++) {
         uint32_t ver = expect_ver(i, 1, 0);
@@ -732,23 +723,20 @@ static void part_compact(result *r) {
     fdb = cp_reopen(fdb, fdir, &sf);
     r->b[M_DISK_BEFORE] = r->b[M_DISK_AFTER] = per_rec(&sf);
     progress(per_rec(&sf), "B/rec fresh");
-    fprintf(stderr, "bench_ops: compact  fresh: key logs %" PRIu64 " value logs %" PRIu64 " buffers %" PRIu64
-                    " list logs %" PRIu64 " snapshots %" PRIu64 " (st_size), disk %" PRIu64 " (blocks)\n",
-            sf.key_log_bytes, sf.value_log_bytes, sf.buffer_bytes, sf.list_log_bytes, sf.list_snapshot_bytes,
-            sf.disk_bytes);
+    cp_files("fresh", &sf);
     cp_verify(fdb, 1, 0);
     kv_close(fdb);
     bench_rm_tree(fdir);
 
-    g_phase = "overwrite (loaded)";
+    g_bench_phase = "overwrite (loaded)";
     for (i = 0; i < g_n; i += 4) kv_put(db, key_at(i), 3);
     kv_check(kvidx_sync(db), "kvidx_sync");
-    g_phase = "compact (loaded)";
+    g_bench_phase = "compact (loaded)";
     lat_init(&g_wlat, LAT_CAP);
     lat_init(&g_rlat, LAT_CAP);
     g_cdb = db;
     if (pthread_create(&wt, NULL, cp_writer, NULL) || pthread_create(&rt, NULL, cp_reader, NULL))
-        fail("pthread_create");
+        bench_fail("pthread_create");
     __atomic_store_n(&g_go, 1, __ATOMIC_RELEASE);
     sleep_ns(SETTLE_NS);
     __atomic_store_n(&g_in_cp, 1, __ATOMIC_RELAXED);
@@ -761,7 +749,8 @@ static void part_compact(result *r) {
     pthread_join(wt, NULL);
     pthread_join(rt, NULL);
     kv_stat(db, &st1);
-    if (st1.compactions != st0.shards) fail("%" PRIu64 " shard compactions, expected %u", st1.compactions, st0.shards);
+    if (st1.compactions != st0.shards)
+        bench_fail("%" PRIu64 " shard compactions, expected %u", st1.compactions, st0.shards);
     wdone = g_wdone;
     r->a[M_L_TIME] = secs;
     r->a[M_L_HOLD] = (double)st1.compact_ms_max;
@@ -783,7 +772,7 @@ static void part_compact(result *r) {
     fprintf(stderr, "bench_ops: compact  loaded: %" PRIu64 " puts (max %.1f us, %" PRIu64 " >= 1 ms), %" PRIu64
                     " gets (max %" PRIu64 " ns), compact_ms_max %" PRIu64 "\n",
             g_wlat.all, (double)g_wlat.max / 1e3, g_wlat.slow, g_rlat.all, g_rlat.max, st1.compact_ms_max);
-    g_phase = "verify (loaded)";
+    g_bench_phase = "verify (loaded)";
     kv_close(db);
     db = kv_open(dir, 0);
     cp_verify(db, 2, wdone);
@@ -798,44 +787,14 @@ static void part_compact(result *r) {
 static result g_res;
 static char g_ver_lmdb[64], g_cpu[256], g_kernel[256], g_fs[512], g_load[128];
 
-/* v with thousands separators and dec decimals; "-" when not measured. */
-static const char *fmt_num(char *out, size_t cap, double v, int dec) {
-    char tmp[64], *dot;
-    size_t i, intlen, o = 0;
-    if (v < 0) return "-";
-    snprintf(tmp, sizeof tmp, "%.*f", dec, v);
-    dot = strchr(tmp, '.');
-    intlen = dot ? (size_t)(dot - tmp) : strlen(tmp);
-    for (i = 0; tmp[i] && o + 2 < cap; i++) {
-        if (i > 0 && i < intlen && (intlen - i) % 3 == 0) out[o++] = ',';
-        out[o++] = tmp[i];
-    }
-    out[o] = '\0';
-    return out;
-}
-
 static void read_env(void) {
     int a, b, c;
-    struct utsname u;
-    char line[512], real[PATH_CAP], dev[512], mnt[1024], type[64];
-    size_t best = 0;
+    char line[512];
     FILE *f;
     mdb_version(&a, &b, &c);
     snprintf(g_ver_lmdb, sizeof g_ver_lmdb, "%d.%d.%d", a, b, c);
-    snprintf(g_kernel, sizeof g_kernel, "unknown");
-    if (!uname(&u)) snprintf(g_kernel, sizeof g_kernel, "%s %s %s", u.sysname, u.release, u.machine);
-    snprintf(g_cpu, sizeof g_cpu, "unknown");
-    if ((f = fopen("/proc/cpuinfo", "r"))) {
-        while (fgets(line, sizeof line, f)) {
-            char *col = strchr(line, ':');
-            if (strncmp(line, "model name", 10) || !col) continue;
-            col += 1 + (col[1] == ' ');
-            col[strcspn(col, "\n")] = '\0';
-            snprintf(g_cpu, sizeof g_cpu, "%s", col);
-            break;
-        }
-        fclose(f);
-    }
+    bench_read_kernel(g_kernel, sizeof g_kernel);
+    bench_read_cpu(g_cpu, sizeof g_cpu);
     snprintf(g_load, sizeof g_load, "unknown");
     if ((f = fopen("/proc/loadavg", "r"))) {
         if (fgets(line, sizeof line, f)) {
@@ -844,17 +803,7 @@ static void read_env(void) {
         }
         fclose(f);
     }
-    /* The filesystem holding the data: the longest mount point that prefixes it. */
-    snprintf(g_fs, sizeof g_fs, "unknown");
-    if (!realpath(g_dir, real) || !(f = fopen("/proc/self/mounts", "r"))) return;
-    while (fgets(line, sizeof line, f)) {
-        size_t l;
-        if (sscanf(line, "%511s %1023s %63s", dev, mnt, type) != 3) continue;
-        l = strlen(mnt);
-        if (strncmp(real, mnt, l) || (l > 1 && real[l] && real[l] != '/')) continue;
-        if (l >= best) best = l, snprintf(g_fs, sizeof g_fs, "%.63s (%.200s on %.200s)", type, dev, mnt);
-    }
-    fclose(f);
+    bench_read_fs(g_dir, g_fs, sizeof g_fs);
 }
 
 /* a / b of metric m, or -1. */
@@ -926,9 +875,10 @@ static void print_table(void) {
             print_section_head(s);
         }
         printf("%-18s %-8s %-6s %14s", mt->name, mt->unit, mt->better > 0 ? "higher" : mt->better < 0 ? "lower" : "-",
-               fmt_num(b1, sizeof b1, g_res.a[m], mt->decimals));
+               bench_fmt_num(b1, sizeof b1, g_res.a[m], mt->decimals));
         if (g_cols[s][1][0])
-            printf(" %14s %14s", fmt_num(b2, sizeof b2, g_res.b[m], mt->decimals), fmt_num(b3, sizeof b3, q, 2));
+            printf(" %14s %14s", bench_fmt_num(b2, sizeof b2, g_res.b[m], mt->decimals),
+                   bench_fmt_num(b3, sizeof b3, q, 2));
         printf("\n");
     }
     printf("\nLegend\n");
@@ -975,41 +925,18 @@ static void print_table(void) {
         SETTLE_NS / 1e6);
 }
 
-static void json_str(const char *s) {
-    putchar('"');
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') printf("\\%c", c);
-        else if (c < 0x20) printf("\\u%04x", c);
-        else putchar(c);
-    }
-    putchar('"');
-}
-
-static void json_num(double v, int dec) {
-    if (v < 0) printf("null");
-    else printf("%.*f", dec, v);
-}
-
 static void print_json(void) {
     static const char *const sec[S_COUNT] = {"fsync", "sync", "compact", "compact-loaded"};
     int m;
     printf("{\n  \"bench\": \"bench_ops\",\n  \"versions\": {\"kvidx\": ");
-    json_str(kvidx_version());
-    printf(", \"lmdb\": ");
-    json_str(g_ver_lmdb);
-    printf("},\n  \"seed\": %" PRIu64 ", \"n\": %" PRIu64 ", \"value_bytes\": %d, \"sync_secs\": %.2f,\n", g_seed,
+    bench_json_str(kvidx_version());
+    bench_json_field("lmdb", g_ver_lmdb);
+    printf("},\n  \"seed\": %" PRIu64 ", \"n\": %" PRIu64 ", \"value_bytes\": %d, \"sync_secs\": %.2f,\n  ", g_seed,
            g_n, VLEN, g_secs);
-    printf("  \"nproc\": %ld, \"cpu\": ", sysconf(_SC_NPROCESSORS_ONLN));
-    json_str(g_cpu);
-    printf(", \"kernel\": ");
-    json_str(g_kernel);
-    printf(", \"dir\": ");
-    json_str(g_dir);
-    printf(", \"fs\": ");
-    json_str(g_fs);
-    printf(", \"loadavg\": ");
-    json_str(g_load);
+    bench_json_machine(g_cpu, g_kernel);
+    bench_json_field("dir", g_dir);
+    bench_json_field("fs", g_fs);
+    bench_json_field("loadavg", g_load);
     printf(",\n  \"metrics\": [");
     for (m = 0; m < M_COUNT; m++) {
         const struct metric *mt = &g_metrics[m];
@@ -1017,12 +944,12 @@ static void print_json(void) {
         printf("%s\n    {\"section\": \"%s\", \"name\": \"%s\", \"unit\": \"%s\", \"better\": \"%s\", \"%s\": ",
                m ? "," : "", sec[s], mt->name, mt->unit, mt->better > 0 ? "higher" : mt->better < 0 ? "lower" : "-",
                g_cols[s][0]);
-        json_num(g_res.a[m], mt->decimals);
+        bench_json_num(g_res.a[m], mt->decimals);
         if (g_cols[s][1][0]) {
             printf(", \"%s\": ", g_cols[s][1]);
-            json_num(g_res.b[m], mt->decimals);
+            bench_json_num(g_res.b[m], mt->decimals);
             printf(", \"%s\": ", g_cols[s][2]);
-            json_num(ratio(m), 4);
+            bench_json_num(ratio(m), 4);
         }
         printf("}");
     }
@@ -1033,78 +960,36 @@ static void print_json(void) {
 
 enum { P_FSYNC, P_SYNC, P_COMPACT };
 
-static pid_t g_child_pid = -1; /* the child running now (signal handler) */
-static volatile sig_atomic_t g_stopped; /* the signal that stopped the run, 0 if none */
+/* What run_child's child runs: part p (sync: engine lmdb, thread index ti). */
+typedef struct child_arg {
+    int p, lmdb, ti;
+} child_arg;
+
+static void child_main(void *out, void *arg) {
+    const child_arg *c = arg;
+    result *r = out;
+    int m;
+    for (m = 0; m < M_COUNT; m++) r->a[m] = r->b[m] = -1;
+    g_bench_part = c->p == P_FSYNC ? "fsync" : c->p == P_COMPACT ? "compact" : c->lmdb ? "lmdb" : "kvidx";
+    if (c->p == P_FSYNC) part_fsync(r);
+    else if (c->p == P_SYNC) part_sync(r, c->lmdb, c->ti);
+    else part_compact(r);
+}
 
 /* Runs part p (sync: engine lmdb, thread index ti) in a forked child; its
  * result comes back through a pipe and is merged into g_res. Returns 0,
  * or -1 when the child failed (it said why). */
 static int run_child(int p, int lmdb, int ti) {
-    int fd[2], status, m;
-    size_t got = 0;
+    child_arg c;
     result out;
-    pid_t pid;
-    fflush(NULL);
-    if (pipe(fd)) fail("pipe: %s", strerror(errno));
-    pid = fork();
-    if (pid < 0) fail("fork: %s", strerror(errno));
-    if (pid == 0) {
-        result r;
-        size_t put = 0;
-        prctl(PR_SET_PDEATHSIG, SIGKILL); /* the parent killed: so is this run */
-        signal(SIGALRM, SIG_DFL), signal(SIGINT, SIG_DFL), signal(SIGTERM, SIG_DFL);
-        g_child = 1;
-        close(fd[0]);
-        for (m = 0; m < M_COUNT; m++) r.a[m] = r.b[m] = -1;
-        g_part = p == P_FSYNC ? "fsync" : p == P_COMPACT ? "compact" : lmdb ? "lmdb" : "kvidx";
-        if (p == P_FSYNC) part_fsync(&r);
-        else if (p == P_SYNC) part_sync(&r, lmdb, ti);
-        else part_compact(&r);
-        while (put < sizeof r) { /* bounded: every pass writes >= 1 byte or fails */
-            ssize_t w = write(fd[1], (const char *)&r + put, sizeof r - put);
-            if (w <= 0) fail("pipe write: %s", strerror(errno));
-            put += (size_t)w;
-        }
-        _exit(0);
-    }
-    g_child_pid = pid;
-    close(fd[1]);
-    while (got < sizeof out) { /* bounded: every pass reads >= 1 byte or stops */
-        ssize_t r = read(fd[0], (char *)&out + got, sizeof out - got);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) break;
-        got += (size_t)r;
-    }
-    close(fd[0]);
-    while (waitpid(pid, &status, 0) < 0)
-        if (errno != EINTR) fail("waitpid: %s", strerror(errno));
-    g_child_pid = -1;
-    if (got != sizeof out || !WIFEXITED(status) || WEXITSTATUS(status) != 0) return -1;
+    int m;
+    c.p = p, c.lmdb = lmdb, c.ti = ti;
+    if (bench_run_child(child_main, &c, &out, sizeof out)) return -1;
     for (m = 0; m < M_COUNT; m++) {
         if (out.a[m] >= 0) g_res.a[m] = out.a[m];
         if (out.b[m] >= 0) g_res.b[m] = out.b[m];
     }
     return 0;
-}
-
-/* Alarm (the whole run took too long), ^C, kill: the child is killed.
- * While a child runs, the parent then returns to its wait, sees the child
- * fail and removes the data, with 30 s more for that; otherwise (or on a
- * second signal) it leaves now. */
-static void on_signal(int sig) {
-    static const char tmo[] = "bench_ops: timeout (--timeout): run killed\n";
-    static const char intr[] = "bench_ops: interrupted: run killed\n";
-    int first = !g_stopped;
-    g_stopped = sig;
-    if (g_child_pid > 0) kill(g_child_pid, SIGKILL);
-    if (first) {
-        if (write(2, sig == SIGALRM ? tmo : intr, sig == SIGALRM ? sizeof tmo - 1 : sizeof intr - 1) < 0) {}
-    }
-    if (first && g_child_pid > 0) {
-        alarm(30);
-        return;
-    }
-    _exit(sig == SIGALRM ? 3 : 130);
 }
 
 /* Removes what the parts create under --dir (a child that failed leaves
@@ -1142,50 +1027,33 @@ static void usage(const char *argv0) {
     exit(2);
 }
 
-static void parse_parts(const char *list) {
+static const char *part_name(int p) {
     static const char *const names[3] = {"fsync", "sync", "compact"};
-    char buf[256], *tok, *save = NULL;
-    int p;
-    if (strlen(list) >= sizeof buf) fail("--parts: list too long");
-    memcpy(buf, list, strlen(list) + 1);
-    memset(g_parts, 0, sizeof g_parts);
-    for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        for (p = 0; p < 3 && strcmp(tok, names[p]); p++) {}
-        if (p == 3) fail("--parts: unknown part '%s' (fsync, sync, compact)", tok);
-        g_parts[p] = 1;
-    }
+    return names[p];
 }
 
+static void parse_parts(const char *list) { bench_parse_list("--parts", list, part_name, 3, "part", g_parts); }
+
 int main(int argc, char **argv) {
-    int a, m, ti, lmdb, failed = 0;
+    static const bench_opt opts[] = {
+        {"--json", BENCH_OPT_FLAG, &g_json, NULL},
+        {"--n", BENCH_OPT_U64, &g_n, NULL},
+        {"--seed", BENCH_OPT_U64, &g_seed, NULL},
+        {"--secs", BENCH_OPT_DOUBLE, &g_secs, NULL},
+        {"--timeout", BENCH_OPT_UINT, &g_timeout, NULL},
+        {"--dir", BENCH_OPT_STR, &g_dir, NULL},
+        {"--parts", BENCH_OPT_FN, NULL, parse_parts},
+        {NULL, 0, NULL, NULL},
+    };
+    int m, ti, lmdb, failed = 0;
     double t0 = bench_now_s();
 
-    for (a = 1; a < argc; a++) {
-        const char *o = argv[a], *val;
-        char *end = NULL;
-        if (!strcmp(o, "--json")) {
-            g_json = 1;
-            continue;
-        }
-        if (a + 1 >= argc) usage(argv[0]);
-        val = argv[++a];
-        if (!strcmp(o, "--n")) g_n = strtoull(val, &end, 0);
-        else if (!strcmp(o, "--seed")) g_seed = strtoull(val, &end, 0);
-        else if (!strcmp(o, "--secs")) g_secs = strtod(val, &end);
-        else if (!strcmp(o, "--timeout")) g_timeout = (unsigned)strtoul(val, &end, 0);
-        else if (!strcmp(o, "--dir")) g_dir = val;
-        else if (!strcmp(o, "--parts")) parse_parts(val);
-        else usage(argv[0]);
-        if (end && (*end || end == val)) fail("bad number for %s: '%s'", o, val);
-    }
-    if (g_n < 1000 || g_n > 100000000) fail("--n must be in 1000..100000000");
-    if (!(g_secs > 0 && g_secs <= 600)) fail("--secs must be in (0, 600]");
-    if (g_timeout < 10) fail("--timeout must be >= 10");
+    bench_parse_opts(argc, argv, opts, usage);
+    if (g_n < 1000 || g_n > 100000000) bench_fail("--n must be in 1000..100000000");
+    if (!(g_secs > 0 && g_secs <= 600)) bench_fail("--secs must be in (0, 600]");
+    if (g_timeout < 10) bench_fail("--timeout must be >= 10");
 
-    signal(SIGALRM, on_signal);
-    signal(SIGINT, on_signal);
-    signal(SIGTERM, on_signal);
-    alarm(g_timeout);
+    bench_arm(g_timeout);
 
     for (m = 0; m < M_COUNT; m++) g_res.a[m] = g_res.b[m] = -1;
     bench_mkdir_p(g_dir);
@@ -1203,9 +1071,9 @@ int main(int argc, char **argv) {
 
     remove_data();
     if (failed) {
-        if (g_stopped) fprintf(stderr, "bench_ops: stopped by the signal; data removed\n");
+        if (g_bench_stopped) fprintf(stderr, "bench_ops: stopped by the signal; data removed\n");
         else fprintf(stderr, "bench_ops: a part failed (see above); run stopped, data removed\n");
-        return g_stopped == SIGALRM ? 3 : g_stopped ? 130 : 1;
+        return bench_failed_status();
     }
     derive();
     if (g_json) print_json();
