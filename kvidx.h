@@ -98,6 +98,7 @@ extern "C" {
 
 #define KVIDX_OK        0    /* success */
 #define KVIDX_NOTFOUND  1    /* status: the key is absent */
+#define KVIDX_CLOSED    2    /* status: the peer asked to close the session (QUIT) */
 #define KVIDX_EINVAL   (-1)  /* bad argument, or a directory that is not a kvidx database */
 #define KVIDX_ENOMEM   (-2)  /* out of memory */
 #define KVIDX_EIO      (-3)  /* an I/O call failed; that shard refuses writes until reopen */
@@ -108,7 +109,8 @@ extern "C" {
 #define KVIDX_ERDONLY  (-8)  /* write on a handle opened with KVIDX_RDONLY */
 #define KVIDX_ETOOBIG  (-9)  /* a value longer than KVIDX_VALUE_MAX, a buffer too small,
                                 or more than 2^28 ids in one list write */
-/* -10 is reserved for KVIDX_EPROTO (the protocol layer, a later release) */
+#define KVIDX_EPROTO   (-10) /* protocol: a request whose framing is broken (the connection
+                                must close), or a transport read/write error */
 #define KVIDX_EMISUSE  (-11) /* not a live kvidx handle: zeroed or foreign memory (a closed
                                 handle is freed: using it is undefined, caught where detectable) */
 
@@ -396,6 +398,58 @@ int kvidx_stat(kvidx *db, kvidx_stats *st);
  * KVIDX_OK, KVIDX_EINVAL (as kvidx_stat, or shard out of range),
  * KVIDX_EMISUSE. */
 int kvidx_stat_shard(kvidx *db, uint32_t shard, kvidx_stats *st);
+
+/* ---- the Redis protocol over any byte stream --------------------------- */
+
+/* kvidx answers RESP2 (the Redis protocol) without owning a socket: the
+ * application moves the bytes, kvidx parses, executes and replies.
+ * docs/PROTOCOL.md lists the commands, the key mapping (a decimal string
+ * is that key; any other key string is XXH3-64 of its bytes), the limits
+ * and every error reply.
+ *
+ * write must take all len bytes, or return a count below len (kvidx calls
+ * it again with the rest), or return < 0 on error; it is called once per
+ * batch of replies (a batch: every reply to the requests of one feed, cut
+ * at 1 MiB of output). read (used by kvidx_serve only) returns > 0 bytes,
+ * 0 at end of stream, < 0 on error. flags: KVIDX_PROTO_* below (0: none);
+ * a transport initialized as { ctx, read, write } has none. */
+typedef struct kvidx_transport {
+    void *ctx;
+    ptrdiff_t (*read)(void *ctx, void *buf, size_t cap);
+    ptrdiff_t (*write)(void *ctx, const void *buf, size_t len);
+    unsigned flags;
+} kvidx_transport;
+
+#define KVIDX_PROTO_FLUSH 0x1u /* FLUSHALL/FLUSHDB are allowed (they delete everything) */
+
+typedef struct kvidx_session kvidx_session; /* opaque: one per connection */
+
+/* Starts a session on db that replies through t (copied; t->write must
+ * not be NULL). Sessions of one db may run on any threads at once; one
+ * session is used by one thread at a time. Returns KVIDX_OK, KVIDX_EINVAL,
+ * KVIDX_ENOMEM, KVIDX_EMISUSE. */
+int kvidx_session_open(kvidx *db, const kvidx_transport *t, kvidx_session **out);
+
+/* Takes the next n bytes the peer sent (any split: a request may arrive
+ * a byte at a time), executes every request they complete, in order, and
+ * writes their replies in one batch. Returns KVIDX_OK (keep going),
+ * KVIDX_CLOSED (QUIT was answered: close the connection), KVIDX_EPROTO
+ * (broken framing: an error reply was written, close the connection; or
+ * t->write failed), KVIDX_ENOMEM, KVIDX_EINVAL. After anything but
+ * KVIDX_OK the session takes no more input; close it. Bad requests
+ * (unknown command, wrong arguments, a value over 256 bytes, ...) are not
+ * errors here: they get an error reply and change nothing stored. */
+int kvidx_session_feed(kvidx_session *s, const void *in, size_t n);
+
+/* Ends the session and frees it (NULL is a no-op). Call before
+ * kvidx_close of its db. */
+void kvidx_session_close(kvidx_session *s);
+
+/* Serves one connection: reads t->read into a session until end of
+ * stream, QUIT or an error. Returns KVIDX_OK (end of stream or QUIT),
+ * KVIDX_EPROTO (broken framing or a transport error), KVIDX_ENOMEM,
+ * KVIDX_EINVAL (t->read NULL), KVIDX_EMISUSE. */
+int kvidx_serve(kvidx *db, const kvidx_transport *t);
 
 #ifdef __cplusplus
 }
