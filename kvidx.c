@@ -35,6 +35,7 @@
 
 #include "kvidx.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -265,6 +266,10 @@ static void *os_malloc(size_t n) {
 static void *os_calloc(size_t n, size_t sz) {
     if (OS_FAULT(OS_MALLOC, "calloc")) return NULL;
     return calloc(n ? n : 1, sz ? sz : 1);
+}
+static void *os_realloc(void *p, size_t n) {
+    if (OS_FAULT(OS_MALLOC, "realloc")) return NULL;
+    return realloc(p, n ? n : 1);
 }
 static void os_free(void *p) { free(p); }
 
@@ -1558,6 +1563,9 @@ struct kvidx {
     pthread_t bg;
     int bg_started, bg_stop;
     uint64_t syncs; /* completed syncs; atomic */
+    /* the protocol layer's counters (INFO); atomic, relaxed: statistics */
+    uint64_t sessions, sessions_total, client_ids, commands, hits, misses;
+    uint64_t opened_ns; /* os_now_ns() at open: INFO's uptime */
 };
 
 /* One warning line to the application's log (or stderr). */
@@ -3722,6 +3730,7 @@ int kvidx_open(const char *dir, const kvidx_options *o, kvidx **out) {
         db_free(db);
         return rc;
     }
+    db->opened_ns = os_now_ns();
     db->magic = KVIDX_MAGIC_LIVE;
     *out = db;
     return KVIDX_OK;
@@ -4935,4 +4944,1358 @@ int kvidx_stat(kvidx *db, kvidx_stats *out) { return db_stat(db, UINT32_MAX, out
 
 int kvidx_stat_shard(kvidx *db, uint32_t shard, kvidx_stats *out) {
     return db_stat(db, shard == UINT32_MAX ? UINT32_MAX - 1 : shard, out);
+}
+
+/* ---- protocol: RESP2 requests over the application's transport -------- */
+
+/* The application moves bytes; a session parses them into requests,
+ * executes each through the public API (so the protocol adds no lock and
+ * reads stay lock-free) and batches the replies into one write a feed.
+ * The parser is incremental: its state survives a request cut anywhere,
+ * and the bytes of an incomplete request are kept (at most RESP_REQ_MAX
+ * plus the framing) until the rest arrives. docs/PROTOCOL.md is the
+ * contract; the limits below are its table. */
+
+#define RESP_BULK_MAX ((size_t)64 << 10)   /* longest bulk string argument */
+#define RESP_ARGS_MAX ((long long)1 << 20) /* most arguments a request */
+#define RESP_INLINE_MAX ((size_t)64 << 10) /* longest inline request line */
+#define RESP_REQ_MAX ((size_t)64 << 20)    /* most argument bytes a request */
+#define RESP_LINE_MAX 64                   /* longest "*N" / "$N" line */
+#define RESP_OUT_CUT ((size_t)1 << 20)     /* a batch of replies is written at this size */
+#define RESP_COUNT_MAX 100000              /* most keys/ids a SCAN/SSCAN reply holds */
+#define RESP_NAME_MAX 40                   /* bytes of a name or member quoted in an error */
+
+/* Parser states between feeds. */
+enum { RESP_START, RESP_HDR, RESP_DATA, RESP_SKIP, RESP_INLINE_SKIP };
+
+/* Errors of command helpers beside kvidx codes (-1..-11): which error
+ * reply to send. */
+#define RESP_ENOTINT (-100)  /* "value is not an integer or out of range" */
+#define RESP_EOVERFLOW (-101) /* "increment or decrement would overflow" */
+
+typedef struct resp_arg {
+    size_t off, len; /* from the start of the request's bytes */
+} resp_arg;
+
+struct kvidx_session {
+    kvidx *db;
+    kvidx_transport t;
+    uint8_t *in;           /* bytes of the request being read (and any after it) */
+    size_t in_len, in_cap;
+    size_t pos;            /* where parsing resumes in in */
+    /* the request being read */
+    int state;
+    long long nargs;       /* elements of the array */
+    long long argi;        /* elements read */
+    size_t bulk;           /* RESP_DATA: bytes of the bulk; RESP_SKIP: bytes left to drop */
+    size_t req_bytes;      /* argument bytes kept so far */
+    const char *limit;     /* a limit was passed: the error reply; the request is dropped */
+    resp_arg *args;
+    size_t args_cap;
+    /* the request being executed */
+    const uint8_t **av;    /* argument pointers */
+    size_t *al;            /* argument lengths */
+    size_t av_cap;
+    uint8_t *ibuf;         /* an inline request's words, unquoted */
+    size_t ibuf_cap;
+    /* replies not yet written */
+    uint8_t *out;
+    size_t out_len, out_cap;
+    int oom;               /* a reply could not be buffered */
+    int dead;              /* a non-OK feed ended the session */
+    uint64_t id;           /* CLIENT ID */
+    char *name;            /* CLIENT SETNAME */
+    uint64_t commands, hits, misses; /* added to the db's counters each feed */
+};
+
+/* -- replies */
+
+static int resp_room(kvidx_session *s, size_t n) {
+    size_t cap;
+    uint8_t *p;
+    if (s->oom) return -1;
+    if (s->out_cap - s->out_len >= n) return 0;
+    cap = s->out_cap ? s->out_cap : 4096;
+    while (cap - s->out_len < n) cap *= 2;
+    p = os_realloc(s->out, cap);
+    if (!p) {
+        s->oom = 1;
+        return -1;
+    }
+    s->out = p, s->out_cap = cap;
+    return 0;
+}
+
+static void resp_raw(kvidx_session *s, const void *p, size_t n) {
+    if (resp_room(s, n)) return;
+    memcpy(s->out + s->out_len, p, n);
+    s->out_len += n;
+}
+
+/* A "<c><number>\r\n" line: ':' integer, '*' array, '$' bulk length. */
+static void resp_num(kvidx_session *s, char c, long long v) {
+    char b[32];
+    int n = snprintf(b, sizeof b, "%c%lld\r\n", c, v);
+    resp_raw(s, b, (size_t)n);
+}
+
+static void resp_int(kvidx_session *s, long long v) { resp_num(s, ':', v); }
+static void resp_arr(kvidx_session *s, size_t n) { resp_num(s, '*', (long long)n); }
+static void resp_nil(kvidx_session *s) { resp_raw(s, "$-1\r\n", 5); }
+static void resp_ok(kvidx_session *s) { resp_raw(s, "+OK\r\n", 5); }
+
+static void resp_bulk(kvidx_session *s, const void *p, size_t n) {
+    resp_num(s, '$', (long long)n);
+    resp_raw(s, p, n);
+    resp_raw(s, "\r\n", 2);
+}
+
+/* A uint64 as a bulk string: keys, ids and cursors. */
+static void resp_u64(kvidx_session *s, uint64_t v) {
+    char b[24];
+    int n = snprintf(b, sizeof b, "%llu", (unsigned long long)v);
+    resp_bulk(s, b, (size_t)n);
+}
+
+static void resp_err(kvidx_session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void resp_err(kvidx_session *s, const char *fmt, ...) {
+    char b[256];
+    va_list ap;
+    size_t n, i;
+    memcpy(b, "-ERR ", 5);
+    va_start(ap, fmt);
+    vsnprintf(b + 5, sizeof b - 7, fmt, ap);
+    va_end(ap);
+    n = strlen(b);
+    for (i = 5; i < n; i++) /* an error is one line: quoted names may hold anything */
+        if (b[i] == '\r' || b[i] == '\n') b[i] = ' ';
+    memcpy(b + n, "\r\n", 2);
+    resp_raw(s, b, n + 2);
+}
+
+/* The reply to a kvidx error code (or a RESP_E* of a helper). */
+static void resp_fail(kvidx_session *s, int rc) {
+    if (rc == RESP_ENOTINT) resp_err(s, "value is not an integer or out of range");
+    else if (rc == RESP_EOVERFLOW) resp_err(s, "increment or decrement would overflow");
+    else resp_err(s, "kvidx: %s", kvidx_strerror(rc));
+}
+
+/* Hands the buffered replies to the transport. Returns 0, or -1 when the
+ * transport failed (or took nothing: it would never take the rest). */
+static int resp_flush(kvidx_session *s) {
+    size_t off = 0;
+    while (off < s->out_len) {
+        ptrdiff_t r = s->t.write(s->t.ctx, s->out + off, s->out_len - off);
+        if (r <= 0 || (size_t)r > s->out_len - off) return -1;
+        off += (size_t)r;
+    }
+    s->out_len = 0;
+    if (s->out_cap > RESP_OUT_CUT * 4) { /* one huge reply: do not keep its buffer */
+        os_free(s->out);
+        s->out = NULL, s->out_cap = 0;
+    }
+    return 0;
+}
+
+/* -- arguments */
+
+/* A string of 1 to 20 decimal digits whose value fits in uint64_t. */
+static int resp_dec(const uint8_t *p, size_t n, uint64_t *v) {
+    uint64_t x = 0;
+    size_t i;
+    if (n < 1 || n > 20) return -1;
+    for (i = 0; i < n; i++) {
+        unsigned d = (unsigned)p[i] - '0';
+        if (d > 9) return -1;
+        if (x > (UINT64_MAX - d) / 10) return -1;
+        x = x * 10 + d;
+    }
+    *v = x;
+    return 0;
+}
+
+/* A key string to its key: decimal, else XXH3-64 of the bytes. */
+static uint64_t resp_key(const uint8_t *p, size_t n) {
+    uint64_t k;
+    return resp_dec(p, n, &k) ? XXH3_64bits(p, n) : k;
+}
+
+/* A strict int64 in decimal: -?[0-9]+, no '+', no leading zeros. */
+static int resp_i64(const uint8_t *p, size_t n, long long *v) {
+    int neg = n > 0 && p[0] == '-';
+    uint64_t x;
+    if (resp_dec(p + neg, n - (size_t)neg, &x)) return -1;
+    if (n - (size_t)neg > 1 && p[neg] == '0') return -1;
+    if (neg ? x > (uint64_t)LLONG_MAX + 1 : x > (uint64_t)LLONG_MAX) return -1;
+    if (neg && x == 0) return -1; /* "-0" */
+    *v = neg ? (long long)(0 - x) : (long long)x;
+    return 0;
+}
+
+static int resp_is(const uint8_t *p, size_t n, const char *word) {
+    size_t i;
+    if (strlen(word) != n) return 0;
+    for (i = 0; i < n; i++)
+        if ((p[i] | 0x20) != word[i] && p[i] != word[i]) return 0;
+    return 1;
+}
+
+/* Parses the ids av[from..ac) into *out (s->... scratch: the caller frees
+ * *out). Replies with the error and returns -1 on a bad member. */
+static int resp_ids(kvidx_session *s, int ac, int from, uint64_t **out) {
+    uint64_t *ids = os_malloc((size_t)(ac - from) * sizeof *ids);
+    int i;
+    if (!ids) {
+        resp_fail(s, KVIDX_ENOMEM);
+        return -1;
+    }
+    for (i = from; i < ac; i++)
+        if (resp_dec(s->av[i], s->al[i], &ids[i - from])) {
+            resp_err(s, "member is not a decimal uint64 id: '%.*s'",
+                     (int)(s->al[i] < RESP_NAME_MAX ? s->al[i] : RESP_NAME_MAX), (const char *)s->av[i]);
+            os_free(ids);
+            return -1;
+        }
+    *out = ids;
+    return 0;
+}
+
+/* -- commands: each gets the arguments in s->av/s->al (av[0] the name) */
+
+typedef void (*resp_cmd_fn)(kvidx_session *s, int ac);
+
+static int resp_has_value(kvidx *db, uint64_t key) {
+    size_t len;
+    int rc = kvidx_get(db, key, NULL, 0, &len);
+    return rc == KVIDX_OK || rc == KVIDX_ETOOBIG;
+}
+
+static void cmd_ping(kvidx_session *s, int ac) {
+    if (ac > 2) resp_err(s, "wrong number of arguments for 'ping' command");
+    else if (ac == 2) resp_bulk(s, s->av[1], s->al[1]);
+    else resp_raw(s, "+PONG\r\n", 7);
+}
+
+static void cmd_echo(kvidx_session *s, int ac) {
+    (void)ac;
+    resp_bulk(s, s->av[1], s->al[1]);
+}
+
+static void cmd_quit(kvidx_session *s, int ac) {
+    (void)ac;
+    resp_ok(s);
+    s->dead = KVIDX_CLOSED;
+}
+
+static void cmd_select(kvidx_session *s, int ac) {
+    long long n;
+    (void)ac;
+    if (resp_i64(s->av[1], s->al[1], &n)) resp_err(s, "value is not an integer or out of range");
+    else if (n != 0) resp_err(s, "DB index is out of range");
+    else resp_ok(s);
+}
+
+static int dbsize_cb(void *ud, uint64_t key, uint64_t count) {
+    void **a = ud;
+    (void)count;
+    if (resp_has_value(a[0], key)) ++*(uint64_t *)a[1];
+    return 0;
+}
+
+static void cmd_dbsize(kvidx_session *s, int ac) {
+    kvidx_stats st;
+    uint64_t both = 0;
+    void *a[2];
+    int rc;
+    (void)ac;
+    st.size = sizeof st;
+    a[0] = s->db, a[1] = &both;
+    if ((rc = kvidx_stat(s->db, &st)) || (rc = kvidx_list_scan(s->db, 0, UINT64_MAX, dbsize_cb, a)))
+        resp_fail(s, rc);
+    else resp_int(s, (long long)(st.keys + st.lists - both));
+}
+
+/* A growable text for INFO. */
+typedef struct resp_text {
+    char *p;
+    size_t len, cap;
+    int oom;
+} resp_text;
+
+static void text_add(resp_text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void text_add(resp_text *t, const char *fmt, ...) {
+    va_list ap;
+    int n;
+    for (;;) {
+        size_t room = t->cap - t->len;
+        va_start(ap, fmt);
+        n = vsnprintf(t->p ? t->p + t->len : NULL, room, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            t->oom = 1;
+            return;
+        }
+        if ((size_t)n < room) {
+            t->len += (size_t)n;
+            return;
+        }
+        {
+            size_t cap = t->cap ? t->cap * 2 : 1024;
+            char *q;
+            while (cap - t->len <= (size_t)n) cap *= 2;
+            if (!(q = os_realloc(t->p, cap))) {
+                t->oom = 1;
+                return;
+            }
+            t->p = q, t->cap = cap;
+        }
+    }
+}
+
+/* Whether INFO's arguments ask for section name. */
+static int info_wants(kvidx_session *s, int ac, const char *name) {
+    int i;
+    if (ac == 1) return 1;
+    for (i = 1; i < ac; i++)
+        if (resp_is(s->av[i], s->al[i], name) || resp_is(s->av[i], s->al[i], "all") ||
+            resp_is(s->av[i], s->al[i], "everything") || resp_is(s->av[i], s->al[i], "default"))
+            return 1;
+    return 0;
+}
+
+static void cmd_info(kvidx_session *s, int ac) {
+    kvidx *db = s->db;
+    kvidx_stats st;
+    resp_text t = {NULL, 0, 0, 0};
+    int rc;
+    st.size = sizeof st;
+    if ((rc = kvidx_stat(db, &st))) {
+        resp_fail(s, rc);
+        return;
+    }
+#define RELAXED(x) (unsigned long long)__atomic_load_n(&db->x, __ATOMIC_RELAXED)
+    if (info_wants(s, ac, "server"))
+        text_add(&t, "# Server\r\nredis_version:7.0.0\r\nkvidx_version:%s\r\nredis_mode:standalone\r\n"
+                     "os:Linux\r\narch_bits:%u\r\nprocess_id:%ld\r\nuptime_in_seconds:%llu\r\n\r\n",
+                 KVIDX_VERSION_STRING, (unsigned)(sizeof(void *) * 8), (long)getpid(),
+                 (unsigned long long)((os_now_ns() - db->opened_ns) / 1000000000u));
+    if (info_wants(s, ac, "clients"))
+        text_add(&t, "# Clients\r\nconnected_clients:%llu\r\n\r\n", RELAXED(sessions));
+    if (info_wants(s, ac, "memory"))
+        text_add(&t, "# Memory\r\nused_memory:%llu\r\nkvidx_map_bytes:%llu\r\nkvidx_list_ram_bytes:%llu\r\n\r\n",
+                 (unsigned long long)(st.map_bytes + st.list_ram_bytes), (unsigned long long)st.map_bytes,
+                 (unsigned long long)st.list_ram_bytes);
+    if (info_wants(s, ac, "persistence"))
+        text_add(&t, "# Persistence\r\nloading:0\r\nkvidx_syncs:%llu\r\nkvidx_disk_bytes:%llu\r\n\r\n",
+                 (unsigned long long)st.syncs, (unsigned long long)st.disk_bytes);
+    if (info_wants(s, ac, "stats"))
+        text_add(&t, "# Stats\r\ntotal_connections_received:%llu\r\ntotal_commands_processed:%llu\r\n"
+                     "keyspace_hits:%llu\r\nkeyspace_misses:%llu\r\nkvidx_puts:%llu\r\nkvidx_deletes:%llu\r\n"
+                     "kvidx_list_writes:%llu\r\nkvidx_compactions:%llu\r\n\r\n",
+                 RELAXED(sessions_total), RELAXED(commands) + (unsigned long long)s->commands,
+                 RELAXED(hits) + (unsigned long long)s->hits, RELAXED(misses) + (unsigned long long)s->misses,
+                 (unsigned long long)st.puts, (unsigned long long)st.deletes, (unsigned long long)st.list_writes,
+                 (unsigned long long)st.compactions);
+    if (info_wants(s, ac, "keyspace"))
+        text_add(&t, "# Keyspace\r\ndb0:keys=%llu,expires=0,avg_ttl=0\r\n\r\n",
+                 (unsigned long long)(st.keys + st.lists));
+#undef RELAXED
+    if (info_wants(s, ac, "kvidx")) {
+#define F(x) (unsigned long long)st.x
+        text_add(&t, "# kvidx\r\nkvidx_shards:%u\r\nkvidx_keys:%llu\r\nkvidx_value_bytes:%llu\r\n"
+                     "kvidx_records:%llu\r\nkvidx_garbage_records:%llu\r\nkvidx_slots:%llu\r\n"
+                     "kvidx_garbage_slots:%llu\r\nkvidx_key_log_bytes:%llu\r\nkvidx_value_log_bytes:%llu\r\n"
+                     "kvidx_buffer_bytes:%llu\r\nkvidx_disk_bytes:%llu\r\nkvidx_map_bytes:%llu\r\n"
+                     "kvidx_puts:%llu\r\nkvidx_deletes:%llu\r\nkvidx_flushes:%llu\r\nkvidx_syncs:%llu\r\n"
+                     "kvidx_lists:%llu\r\nkvidx_list_ids:%llu\r\nkvidx_list_ram_bytes:%llu\r\n"
+                     "kvidx_list_log_bytes:%llu\r\nkvidx_list_snapshot_bytes:%llu\r\nkvidx_list_writes:%llu\r\n"
+                     "kvidx_live_bytes:%llu\r\nkvidx_garbage_bytes:%llu\r\nkvidx_compactions:%llu\r\n"
+                     "kvidx_compact_ms_max:%llu\r\n\r\n",
+                 (unsigned)st.shards, F(keys), F(value_bytes), F(records), F(garbage_records), F(slots),
+                 F(garbage_slots), F(key_log_bytes), F(value_log_bytes), F(buffer_bytes), F(disk_bytes),
+                 F(map_bytes), F(puts), F(deletes), F(flushes), F(syncs), F(lists), F(list_ids),
+                 F(list_ram_bytes), F(list_log_bytes), F(list_snapshot_bytes), F(list_writes), F(live_bytes),
+                 F(garbage_bytes), F(compactions), F(compact_ms_max));
+#undef F
+    }
+    if (t.oom) resp_fail(s, KVIDX_ENOMEM);
+    else resp_bulk(s, t.p, t.len >= 2 ? t.len - 2 : t.len); /* no blank line at the end */
+    os_free(t.p);
+}
+
+static size_t resp_cmd_count(void); /* COMMAND COUNT */
+
+static void cmd_command(kvidx_session *s, int ac) {
+    if (ac >= 2 && resp_is(s->av[1], s->al[1], "count")) resp_int(s, (long long)resp_cmd_count());
+    else resp_arr(s, 0);
+}
+
+static void cmd_config(kvidx_session *s, int ac) {
+    if (resp_is(s->av[1], s->al[1], "get")) {
+        if (ac < 3) resp_err(s, "wrong number of arguments for 'config|get' command");
+        else resp_arr(s, 0);
+    } else {
+        resp_err(s, "CONFIG %.*s is not supported", (int)(s->al[1] < RESP_NAME_MAX ? s->al[1] : RESP_NAME_MAX),
+                 (const char *)s->av[1]);
+    }
+}
+
+static void cmd_client(kvidx_session *s, int ac) {
+    const uint8_t *sub = s->av[1];
+    size_t n = s->al[1];
+    if (resp_is(sub, n, "setname") && ac == 3) {
+        char *name = os_malloc(s->al[2] + 1);
+        if (!name) {
+            resp_fail(s, KVIDX_ENOMEM);
+            return;
+        }
+        memcpy(name, s->av[2], s->al[2]);
+        name[s->al[2]] = 0;
+        os_free(s->name);
+        s->name = name;
+        resp_ok(s);
+    } else if (resp_is(sub, n, "setinfo") && ac == 4) {
+        resp_ok(s);
+    } else if (resp_is(sub, n, "getname") && ac == 2) {
+        if (s->name) resp_bulk(s, s->name, strlen(s->name));
+        else resp_nil(s);
+    } else if (resp_is(sub, n, "id") && ac == 2) {
+        resp_int(s, (long long)s->id);
+    } else if (resp_is(sub, n, "setname") || resp_is(sub, n, "setinfo") || resp_is(sub, n, "getname") ||
+               resp_is(sub, n, "id")) {
+        resp_err(s, "wrong number of arguments for 'client|%.*s' command", (int)n, (const char *)sub);
+    } else {
+        resp_err(s, "CLIENT %.*s is not supported", (int)(n < RESP_NAME_MAX ? n : RESP_NAME_MAX),
+                 (const char *)sub);
+    }
+}
+
+/* GET's work, also MGET's: a bulk, nil or an error. */
+static void resp_get(kvidx_session *s, const uint8_t *k, size_t kn) {
+    uint8_t v[KVIDX_VALUE_MAX];
+    size_t len;
+    int rc = kvidx_get(s->db, resp_key(k, kn), v, sizeof v, &len);
+    if (rc == KVIDX_OK) {
+        s->hits++;
+        resp_bulk(s, v, len);
+    } else if (rc == KVIDX_NOTFOUND) {
+        s->misses++;
+        resp_nil(s);
+    } else {
+        resp_fail(s, rc);
+    }
+}
+
+static void cmd_get(kvidx_session *s, int ac) {
+    (void)ac;
+    resp_get(s, s->av[1], s->al[1]);
+}
+
+static void cmd_mget(kvidx_session *s, int ac) {
+    int i;
+    resp_arr(s, (size_t)ac - 1);
+    for (i = 1; i < ac; i++) resp_get(s, s->av[i], s->al[i]);
+}
+
+/* SET with NX, XX or GET: decided on the current value under the shard's
+ * mutex (db_update). */
+typedef struct set_ctx {
+    const uint8_t *val;
+    size_t len;
+    int nx, xx, get;
+    int found;                    /* out: the key had a value */
+    uint8_t old[KVIDX_VALUE_MAX]; /* out: that value (get) */
+    size_t old_len;
+} set_ctx;
+
+static int set_decide(void *ud, const uint8_t *cur, size_t cur_len, int found, uint8_t *nv, size_t *nlen) {
+    set_ctx *c = ud;
+    c->found = found;
+    if (found && c->get) memcpy(c->old, cur, cur_len), c->old_len = cur_len;
+    if ((c->nx && found) || (c->xx && !found)) return 0;
+    memcpy(nv, c->val, c->len);
+    *nlen = c->len;
+    return 1;
+}
+
+/* Read-modify-write of key's value, atomic against every other write of
+ * it: under the shard's mutex (every writer of the shard holds it, so the
+ * lock-free read inside sees the latest value), fn(ud, cur, cur_len,
+ * found, nv, &nlen) returns 1 to store nv (nlen <= KVIDX_VALUE_MAX), 0
+ * to leave the value, or a negative code, returned as is. *wrote = 1 when
+ * nv was stored. KVIDX_SYNC syncs as kvidx_put does. */
+static int db_update(kvidx *db, uint64_t key, int (*fn)(void *, const uint8_t *, size_t, int, uint8_t *, size_t *),
+                     void *ud, int *wrote) {
+    uint8_t cur[KVIDX_VALUE_MAX], nv[KVIDX_VALUE_MAX];
+    size_t cur_len = 0, nlen = 0;
+    uint64_t h, seq;
+    vs_shard *sh;
+    int rc = db_check(db);
+    *wrote = 0;
+    if (rc) return rc;
+    if (db->flags & KVIDX_RDONLY) return KVIDX_ERDONLY;
+    h = ck_key(key);
+    sh = db_shard(db, h);
+    pthread_mutex_lock(&sh->mu);
+    rc = kvidx_get(db, key, cur, sizeof cur, &cur_len);
+    if (rc == KVIDX_OK || rc == KVIDX_NOTFOUND) {
+        int r = fn(ud, cur, cur_len, rc == KVIDX_OK, nv, &nlen);
+        if (r == 1) {
+            rc = vs_put(db, sh, key, h, nv, nlen);
+            *wrote = !rc;
+        } else {
+            rc = r < 0 ? r : KVIDX_OK;
+        }
+    }
+    seq = sh->wseq;
+    pthread_mutex_unlock(&sh->mu);
+    if (*wrote && (db->flags & KVIDX_SYNC)) rc = vs_sync_upto(db, sh, seq);
+    return rc;
+}
+
+static void cmd_set(kvidx_session *s, int ac) {
+    set_ctx c;
+    int i, rc, wrote = 0;
+    memset(&c, 0, sizeof c);
+    c.val = s->av[2], c.len = s->al[2];
+    for (i = 3; i < ac; i++) {
+        const uint8_t *o = s->av[i];
+        size_t n = s->al[i];
+        if (resp_is(o, n, "nx") && !c.xx) c.nx = 1;
+        else if (resp_is(o, n, "xx") && !c.nx) c.xx = 1;
+        else if (resp_is(o, n, "get")) c.get = 1;
+        else if (resp_is(o, n, "ex") || resp_is(o, n, "px") || resp_is(o, n, "exat") || resp_is(o, n, "pxat") ||
+                 resp_is(o, n, "keepttl")) {
+            resp_err(s, "SET option '%.*s' is not supported: kvidx keys do not expire", (int)n, (const char *)o);
+            return;
+        } else {
+            resp_err(s, "syntax error");
+            return;
+        }
+    }
+    if (c.len > KVIDX_VALUE_MAX) {
+        resp_err(s, "value exceeds %d bytes", KVIDX_VALUE_MAX);
+        return;
+    }
+    if (!c.nx && !c.xx && !c.get) {
+        rc = kvidx_put(s->db, resp_key(s->av[1], s->al[1]), c.val, c.len);
+        if (rc) resp_fail(s, rc);
+        else resp_ok(s);
+        return;
+    }
+    rc = db_update(s->db, resp_key(s->av[1], s->al[1]), set_decide, &c, &wrote);
+    if (rc) resp_fail(s, rc);
+    else if (c.get) c.found ? resp_bulk(s, c.old, c.old_len) : resp_nil(s);
+    else if (wrote) resp_ok(s);
+    else resp_nil(s);
+}
+
+static void cmd_mset(kvidx_session *s, int ac) {
+    int i, rc;
+    if (ac % 2 == 0) {
+        resp_err(s, "wrong number of arguments for 'mset' command");
+        return;
+    }
+    for (i = 2; i < ac; i += 2)
+        if (s->al[i] > KVIDX_VALUE_MAX) {
+            resp_err(s, "value exceeds %d bytes", KVIDX_VALUE_MAX);
+            return;
+        }
+    for (i = 1; i < ac; i += 2)
+        if ((rc = kvidx_put(s->db, resp_key(s->av[i], s->al[i]), s->av[i + 1], s->al[i + 1]))) {
+            resp_fail(s, rc);
+            return;
+        }
+    resp_ok(s);
+}
+
+static void cmd_del(kvidx_session *s, int ac) {
+    long long n = 0;
+    int i;
+    for (i = 1; i < ac; i++) {
+        uint64_t k = resp_key(s->av[i], s->al[i]);
+        int a = kvidx_delete(s->db, k), b;
+        if (a < 0) {
+            resp_fail(s, a);
+            return;
+        }
+        b = kvidx_list_delete(s->db, k);
+        if (b < 0) {
+            resp_fail(s, b);
+            return;
+        }
+        n += a == KVIDX_OK || b == KVIDX_OK;
+    }
+    resp_int(s, n);
+}
+
+static void cmd_exists(kvidx_session *s, int ac) {
+    long long n = 0;
+    uint64_t cnt;
+    int i;
+    for (i = 1; i < ac; i++) {
+        uint64_t k = resp_key(s->av[i], s->al[i]);
+        n += resp_has_value(s->db, k) || kvidx_list_count(s->db, k, &cnt) == KVIDX_OK;
+    }
+    resp_int(s, n);
+}
+
+static void cmd_type(kvidx_session *s, int ac) {
+    uint64_t k = resp_key(s->av[1], s->al[1]), cnt;
+    (void)ac;
+    if (resp_has_value(s->db, k)) resp_raw(s, "+string\r\n", 9);
+    else if (kvidx_list_count(s->db, k, &cnt) == KVIDX_OK) resp_raw(s, "+set\r\n", 6);
+    else resp_raw(s, "+none\r\n", 7);
+}
+
+/* INCR and friends: the value as a strict decimal int64. */
+static int incr_decide(void *ud, const uint8_t *cur, size_t cur_len, int found, uint8_t *nv, size_t *nlen) {
+    long long *by = ud, v = 0;
+    if (found && resp_i64(cur, cur_len, &v)) return RESP_ENOTINT;
+    if ((*by > 0 && v > LLONG_MAX - *by) || (*by < 0 && v < LLONG_MIN - *by)) return RESP_EOVERFLOW;
+    v += *by;
+    *by = v;
+    *nlen = (size_t)snprintf((char *)nv, KVIDX_VALUE_MAX, "%lld", v);
+    return 1;
+}
+
+static void resp_incr(kvidx_session *s, long long by) {
+    int wrote, rc = db_update(s->db, resp_key(s->av[1], s->al[1]), incr_decide, &by, &wrote);
+    if (rc) resp_fail(s, rc);
+    else resp_int(s, by);
+}
+
+static void cmd_incr(kvidx_session *s, int ac) {
+    (void)ac;
+    resp_incr(s, 1);
+}
+
+static void cmd_decr(kvidx_session *s, int ac) {
+    (void)ac;
+    resp_incr(s, -1);
+}
+
+static void cmd_incrby(kvidx_session *s, int ac) {
+    long long by;
+    (void)ac;
+    if (resp_i64(s->av[2], s->al[2], &by)) resp_fail(s, RESP_ENOTINT);
+    else resp_incr(s, by);
+}
+
+static void cmd_decrby(kvidx_session *s, int ac) {
+    long long by;
+    (void)ac;
+    if (resp_i64(s->av[2], s->al[2], &by)) resp_fail(s, RESP_ENOTINT);
+    else if (by == LLONG_MIN) resp_fail(s, RESP_EOVERFLOW);
+    else resp_incr(s, -by);
+}
+
+/* SCAN/SSCAN: the cursor at av[at] and the options after it. Returns 0
+ * or replies with the error and returns -1. */
+static int resp_cursor(kvidx_session *s, int ac, int at, uint64_t *cursor, size_t *count) {
+    int i;
+    if (resp_dec(s->av[at], s->al[at], cursor)) {
+        resp_err(s, "invalid cursor");
+        return -1;
+    }
+    *count = 10;
+    for (i = at + 1; i < ac; i++) {
+        if (i + 1 < ac && resp_is(s->av[i], s->al[i], "count")) {
+            long long n;
+            if (resp_i64(s->av[i + 1], s->al[i + 1], &n)) {
+                resp_fail(s, RESP_ENOTINT);
+                return -1;
+            }
+            if (n < 1) {
+                resp_err(s, "syntax error");
+                return -1;
+            }
+            *count = n > RESP_COUNT_MAX ? RESP_COUNT_MAX : (size_t)n;
+            i++;
+        } else if (i + 1 < ac && resp_is(s->av[i], s->al[i], "match")) {
+            if (s->al[i + 1] != 1 || s->av[i + 1][0] != '*') {
+                resp_err(s, "MATCH patterns other than '*' are not supported");
+                return -1;
+            }
+            i++;
+        } else {
+            resp_err(s, "syntax error");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Up to cap keys from a value or list scan, ascending. */
+typedef struct scan_keys {
+    uint64_t *k;
+    size_t n, cap;
+} scan_keys;
+
+static int scan_val_cb(void *ud, uint64_t key, const void *val, size_t len) {
+    scan_keys *c = ud;
+    (void)val, (void)len;
+    c->k[c->n++] = key;
+    return c->n == c->cap;
+}
+
+static int scan_list_cb(void *ud, uint64_t key, uint64_t count) {
+    scan_keys *c = ud;
+    (void)count;
+    c->k[c->n++] = key;
+    return c->n == c->cap;
+}
+
+static void cmd_scan(kvidx_session *s, int ac) {
+    uint64_t cursor, *buf;
+    size_t count, i = 0, j = 0, n = 0;
+    scan_keys a, b;
+    int rc;
+    if (resp_cursor(s, ac, 1, &cursor, &count)) return;
+    /* count + 1 of each: the first key past the reply is the next cursor */
+    buf = os_malloc((count + 1) * 3 * sizeof *buf);
+    if (!buf) {
+        resp_fail(s, KVIDX_ENOMEM);
+        return;
+    }
+    a.k = buf, a.n = 0, a.cap = count + 1;
+    b.k = buf + count + 1, b.n = 0, b.cap = count + 1;
+    if ((rc = kvidx_scan(s->db, cursor, UINT64_MAX, scan_val_cb, &a)) ||
+        (rc = kvidx_list_scan(s->db, cursor, UINT64_MAX, scan_list_cb, &b))) {
+        resp_fail(s, rc);
+        os_free(buf);
+        return;
+    }
+    {
+        uint64_t *m = buf + 2 * (count + 1); /* the union, ascending */
+        while ((i < a.n || j < b.n) && n < count + 1) {
+            uint64_t x;
+            if (j == b.n || (i < a.n && a.k[i] < b.k[j])) x = a.k[i++];
+            else if (i == a.n || b.k[j] < a.k[i]) x = b.k[j++];
+            else x = a.k[i++], j++;
+            m[n++] = x;
+        }
+        resp_arr(s, 2);
+        resp_u64(s, n > count ? m[count] : 0);
+        if (n > count) n = count;
+        resp_arr(s, n);
+        for (i = 0; i < n; i++) resp_u64(s, m[i]);
+    }
+    os_free(buf);
+}
+
+/* The whole list of key, one version of it: *ids (the caller frees it),
+ * *n. Returns KVIDX_OK, KVIDX_NOTFOUND (*n = 0, *ids NULL) or an error. */
+static int resp_list(kvidx *db, uint64_t key, uint64_t **ids, size_t *n) {
+    uint64_t count;
+    int rc;
+    *ids = NULL, *n = 0;
+    if ((rc = kvidx_list_count(db, key, &count))) return rc;
+    for (;;) {
+        /* room for writers that grow the list between the count and the get */
+        size_t cap = (size_t)count + 64 + (size_t)(count / 8);
+        uint64_t *p = os_malloc(cap * sizeof *p);
+        if (!p) return KVIDX_ENOMEM;
+        rc = kvidx_list_get(db, key, 0, p, cap, n);
+        if (rc || *n < cap) {
+            if (rc) os_free(p);
+            else *ids = p;
+            return rc;
+        }
+        os_free(p);
+        count = cap * 2;
+    }
+}
+
+static void resp_id_array(kvidx_session *s, const uint64_t *ids, size_t n) {
+    size_t i;
+    resp_arr(s, n);
+    for (i = 0; i < n; i++) resp_u64(s, ids[i]);
+}
+
+static void cmd_smembers(kvidx_session *s, int ac) {
+    uint64_t *ids;
+    size_t n;
+    int rc = resp_list(s->db, resp_key(s->av[1], s->al[1]), &ids, &n);
+    (void)ac;
+    if (rc < 0) resp_fail(s, rc);
+    else resp_id_array(s, ids, n);
+    os_free(ids);
+}
+
+static void cmd_sscan(kvidx_session *s, int ac) {
+    uint64_t cursor, *ids;
+    size_t count, n;
+    int rc;
+    if (resp_cursor(s, ac, 2, &cursor, &count)) return;
+    if (!(ids = os_malloc((count + 1) * sizeof *ids))) {
+        resp_fail(s, KVIDX_ENOMEM);
+        return;
+    }
+    rc = kvidx_list_get(s->db, resp_key(s->av[1], s->al[1]), cursor, ids, count + 1, &n);
+    if (rc < 0) {
+        resp_fail(s, rc);
+    } else {
+        resp_arr(s, 2);
+        resp_u64(s, n > count ? ids[count] : 0);
+        resp_id_array(s, ids, n > count ? count : n);
+    }
+    os_free(ids);
+}
+
+static void cmd_scard(kvidx_session *s, int ac) {
+    uint64_t count;
+    int rc = kvidx_list_count(s->db, resp_key(s->av[1], s->al[1]), &count);
+    (void)ac;
+    if (rc < 0) resp_fail(s, rc);
+    else resp_int(s, (long long)count);
+}
+
+static void cmd_sismember(kvidx_session *s, int ac) {
+    uint64_t *id;
+    int rc;
+    if (resp_ids(s, ac, 2, &id)) return;
+    rc = kvidx_list_contains(s->db, resp_key(s->av[1], s->al[1]), id[0]);
+    if (rc < 0) resp_fail(s, rc);
+    else resp_int(s, rc == KVIDX_OK);
+    os_free(id);
+}
+
+static void cmd_smismember(kvidx_session *s, int ac) {
+    uint64_t key = resp_key(s->av[1], s->al[1]), *ids;
+    int i, rc;
+    if (resp_ids(s, ac, 2, &ids)) return;
+    resp_arr(s, (size_t)ac - 2);
+    for (i = 0; i < ac - 2; i++) {
+        rc = kvidx_list_contains(s->db, key, ids[i]);
+        resp_int(s, rc == KVIDX_OK);
+    }
+    os_free(ids);
+}
+
+static void cmd_sadd(kvidx_session *s, int ac) {
+    uint64_t *ids;
+    size_t added;
+    int rc;
+    if (resp_ids(s, ac, 2, &ids)) return;
+    rc = kvidx_list_add(s->db, resp_key(s->av[1], s->al[1]), ids, (size_t)ac - 2, &added);
+    if (rc < 0) resp_fail(s, rc);
+    else resp_int(s, (long long)added);
+    os_free(ids);
+}
+
+static void cmd_srem(kvidx_session *s, int ac) {
+    uint64_t *ids;
+    size_t removed;
+    int rc;
+    if (resp_ids(s, ac, 2, &ids)) return;
+    rc = kvidx_list_remove(s->db, resp_key(s->av[1], s->al[1]), ids, (size_t)ac - 2, &removed);
+    if (rc < 0) resp_fail(s, rc);
+    else resp_int(s, rc == KVIDX_OK ? (long long)removed : 0);
+    os_free(ids);
+}
+
+/* SINTER: the smallest list, filtered by membership in the others. */
+static void cmd_sinter(kvidx_session *s, int ac) {
+    uint64_t *ids = NULL, count, least = UINT64_MAX;
+    size_t n = 0, i, kept = 0;
+    int k, small = 1, rc;
+    for (k = 1; k < ac; k++) {
+        rc = kvidx_list_count(s->db, resp_key(s->av[k], s->al[k]), &count);
+        if (rc == KVIDX_NOTFOUND) {
+            resp_arr(s, 0);
+            return;
+        }
+        if (rc) {
+            resp_fail(s, rc);
+            return;
+        }
+        if (count < least) least = count, small = k;
+    }
+    rc = resp_list(s->db, resp_key(s->av[small], s->al[small]), &ids, &n);
+    if (rc < 0) {
+        resp_fail(s, rc);
+        return;
+    }
+    for (i = 0; i < n; i++) {
+        int all = 1;
+        for (k = 1; k < ac && all; k++)
+            if (k != small && kvidx_list_contains(s->db, resp_key(s->av[k], s->al[k]), ids[i]) != KVIDX_OK)
+                all = 0;
+        if (all) ids[kept++] = ids[i];
+    }
+    resp_id_array(s, ids, kept);
+    os_free(ids);
+}
+
+typedef struct flush_ctx {
+    kvidx *db;
+    int rc;
+} flush_ctx;
+
+static int flush_value(void *ud, uint64_t key, const void *val, size_t len) {
+    flush_ctx *c = ud;
+    int r = kvidx_delete(c->db, key);
+    (void)val, (void)len;
+    if (r < 0) c->rc = r;
+    return r < 0;
+}
+
+static int flush_list(void *ud, uint64_t key, uint64_t count) {
+    flush_ctx *c = ud;
+    int r = kvidx_list_delete(c->db, key);
+    (void)count;
+    if (r < 0) c->rc = r;
+    return r < 0;
+}
+
+static void cmd_flushall(kvidx_session *s, int ac) {
+    flush_ctx c;
+    int rc;
+    if (ac > 2 || (ac == 2 && !resp_is(s->av[1], s->al[1], "async") && !resp_is(s->av[1], s->al[1], "sync"))) {
+        resp_err(s, "syntax error");
+        return;
+    }
+    if (!(s->t.flags & KVIDX_PROTO_FLUSH)) {
+        resp_err(s, "FLUSHALL is disabled (start the server with --allow-flush)");
+        return;
+    }
+    c.db = s->db, c.rc = KVIDX_OK;
+    if (!(rc = kvidx_scan(s->db, 0, UINT64_MAX, flush_value, &c))) rc = c.rc;
+    if (!rc && !(rc = kvidx_list_scan(s->db, 0, UINT64_MAX, flush_list, &c))) rc = c.rc;
+    if (rc) resp_fail(s, rc);
+    else resp_ok(s);
+}
+
+/* The commands, sorted by name (bsearch). arity: exact argument count
+ * with the name if > 0, at least -arity if < 0. */
+typedef struct resp_cmd {
+    const char *name;
+    int arity;
+    resp_cmd_fn fn;
+} resp_cmd;
+
+static const resp_cmd resp_cmds[] = {
+    {"client", -2, cmd_client},     {"command", -1, cmd_command},     {"config", -2, cmd_config},
+    {"dbsize", 1, cmd_dbsize},      {"decr", 2, cmd_decr},            {"decrby", 3, cmd_decrby},
+    {"del", -2, cmd_del},           {"echo", 2, cmd_echo},            {"exists", -2, cmd_exists},
+    {"flushall", -1, cmd_flushall}, {"flushdb", -1, cmd_flushall},    {"get", 2, cmd_get},
+    {"incr", 2, cmd_incr},          {"incrby", 3, cmd_incrby},        {"info", -1, cmd_info},
+    {"mget", -2, cmd_mget},         {"mset", -3, cmd_mset},           {"ping", -1, cmd_ping},
+    {"quit", -1, cmd_quit},         {"sadd", -3, cmd_sadd},           {"scan", -2, cmd_scan},
+    {"scard", 2, cmd_scard},        {"select", 2, cmd_select},        {"set", -3, cmd_set},
+    {"sinter", -2, cmd_sinter},     {"sismember", 3, cmd_sismember},  {"smembers", 2, cmd_smembers},
+    {"smismember", -3, cmd_smismember}, {"srem", -3, cmd_srem},       {"sscan", -3, cmd_sscan},
+    {"type", 2, cmd_type},
+};
+static const size_t resp_ncmds = sizeof resp_cmds / sizeof resp_cmds[0];
+static size_t resp_cmd_count(void) { return resp_ncmds; }
+
+static int resp_cmd_cmp(const void *key, const void *elem) {
+    return strcmp(key, ((const resp_cmd *)elem)->name);
+}
+
+/* Executes the request in s->av/s->al (ac >= 1). */
+static void resp_exec(kvidx_session *s, int ac) {
+    char name[16];
+    size_t n = s->al[0], i;
+    const resp_cmd *c = NULL;
+    s->commands++;
+    if (n < sizeof name) {
+        for (i = 0; i < n; i++) {
+            uint8_t b = s->av[0][i];
+            name[i] = (char)(b >= 'A' && b <= 'Z' ? b | 0x20 : b);
+        }
+        name[n] = 0;
+        if (strlen(name) == n) c = bsearch(name, resp_cmds, resp_ncmds, sizeof *c, resp_cmd_cmp);
+    }
+    if (!c) {
+        resp_err(s, "unknown command '%.*s'", (int)(n < RESP_NAME_MAX ? n : RESP_NAME_MAX), (const char *)s->av[0]);
+        return;
+    }
+    if (c->arity > 0 ? ac != c->arity : ac < -c->arity) {
+        resp_err(s, "wrong number of arguments for '%s' command", c->name);
+        return;
+    }
+    c->fn(s, ac);
+}
+
+/* -- the parser */
+
+/* Room for n arguments' pointers. */
+static int resp_av_room(kvidx_session *s, size_t n) {
+    const uint8_t **av;
+    size_t *al, cap = s->av_cap ? s->av_cap : 16;
+    if (n <= s->av_cap) return 0;
+    while (cap < n) cap *= 2;
+    if (!(av = os_realloc(s->av, cap * sizeof *av))) return -1;
+    s->av = av;
+    if (!(al = os_realloc(s->al, cap * sizeof *al))) return -1;
+    s->al = al, s->av_cap = cap;
+    return 0;
+}
+
+/* Splits an inline line into words (Redis's rules: spaces and tabs
+ * separate; "..." with \n \r \t \b \a \\ \" \xHH escapes and '...' with
+ * \' quote a word, which must be followed by a space or the end) into
+ * s->ibuf, s->av/s->al. Returns the word count, or -1 on unbalanced
+ * quotes, -2 out of memory. */
+static int resp_inline_split(kvidx_session *s, const uint8_t *p, size_t n) {
+    size_t i = 0, o = 0, w = 0;
+    if (s->ibuf_cap < n + 1) {
+        uint8_t *b = os_realloc(s->ibuf, n + 1);
+        if (!b) return -2;
+        s->ibuf = b, s->ibuf_cap = n + 1;
+    }
+    for (;;) {
+        size_t start;
+        int dq = 0, sq = 0;
+        while (i < n && (p[i] == ' ' || p[i] == '\t' || p[i] == '\r' || p[i] == '\v' || p[i] == '\f')) i++;
+        if (i == n) break;
+        start = o;
+        for (;;) {
+            if (dq) {
+                if (i == n) return -1;
+                if (p[i] == '\\' && i + 3 < n && p[i + 1] == 'x' && isxdigit(p[i + 2]) && isxdigit(p[i + 3])) {
+                    char hx[3] = {(char)p[i + 2], (char)p[i + 3], 0};
+                    s->ibuf[o++] = (uint8_t)strtoul(hx, NULL, 16);
+                    i += 4;
+                } else if (p[i] == '\\' && i + 1 < n) {
+                    uint8_t c = p[i + 1];
+                    s->ibuf[o++] = c == 'n' ? '\n' : c == 'r' ? '\r' : c == 't' ? '\t' : c == 'b' ? '\b'
+                                 : c == 'a' ? '\a' : c;
+                    i += 2;
+                } else if (p[i] == '"') {
+                    i++;
+                    if (i < n && p[i] != ' ' && p[i] != '\t' && p[i] != '\r') return -1;
+                    break;
+                } else {
+                    s->ibuf[o++] = p[i++];
+                }
+            } else if (sq) {
+                if (i == n) return -1;
+                if (p[i] == '\\' && i + 1 < n && p[i + 1] == '\'') {
+                    s->ibuf[o++] = '\'';
+                    i += 2;
+                } else if (p[i] == '\'') {
+                    i++;
+                    if (i < n && p[i] != ' ' && p[i] != '\t' && p[i] != '\r') return -1;
+                    break;
+                } else {
+                    s->ibuf[o++] = p[i++];
+                }
+            } else {
+                if (i == n || p[i] == ' ' || p[i] == '\t' || p[i] == '\r' || p[i] == '\v' || p[i] == '\f') break;
+                if (p[i] == '"') dq = 1, i++;
+                else if (p[i] == '\'') sq = 1, i++;
+                else s->ibuf[o++] = p[i++];
+            }
+        }
+        if (resp_av_room(s, w + 1)) return -2;
+        s->av[w] = NULL; /* pointers are set once ibuf stops moving */
+        s->al[w] = o - start;
+        w++;
+    }
+    {
+        size_t k, off = 0;
+        for (k = 0; k < w; k++) {
+            s->av[k] = s->ibuf + off;
+            off += s->al[k];
+        }
+    }
+    return (int)w;
+}
+
+/* Reads "<number>\r\n" at b[p..end) after the type byte. Returns 1 with
+ * *v and *next set, 0 if the line is not complete, -1 if the line is not
+ * a number or longer than RESP_LINE_MAX. */
+static int resp_line_num(const uint8_t *b, size_t p, size_t end, long long *v, size_t *next) {
+    size_t i, lim = end - p > RESP_LINE_MAX ? p + RESP_LINE_MAX : end;
+    long long x = 0;
+    int neg = 0, digits = 0;
+    for (i = p; i < lim && b[i] != '\r'; i++) {
+        if (i == p && b[i] == '-') {
+            neg = 1;
+            continue;
+        }
+        if (b[i] < '0' || b[i] > '9' || x > (LLONG_MAX - 9) / 10) return -1;
+        x = x * 10 + (b[i] - '0');
+        digits++;
+    }
+    if (i == lim) return lim == end ? 0 : -1;
+    if (i + 1 == end) return 0;
+    if (b[i + 1] != '\n' || !digits) return -1;
+    *v = neg ? -x : x;
+    *next = i + 2;
+    return 1;
+}
+
+/* Ends the session with a protocol error reply. */
+static size_t resp_broken(kvidx_session *s, const char *what, int c) {
+    if (c >= 0) resp_err(s, "Protocol error: %s '%c'", what, c >= 32 && c < 127 ? c : '?');
+    else resp_err(s, "Protocol error: %s", what);
+    s->dead = KVIDX_EPROTO;
+    return 0;
+}
+
+/* Keeps argument i of the request being read: b[off, off + len) from the
+ * request's start. */
+static int resp_arg_add(kvidx_session *s, size_t off, size_t len) {
+    if ((size_t)s->argi == s->args_cap) {
+        size_t cap = s->args_cap ? s->args_cap * 2 : 16;
+        resp_arg *a = os_realloc(s->args, cap * sizeof *a);
+        if (!a) return -1;
+        s->args = a, s->args_cap = cap;
+    }
+    s->args[s->argi].off = off, s->args[s->argi].len = len;
+    return 0;
+}
+
+/* Parses and executes the requests in b[0, end), resuming at *pos with
+ * the state of earlier feeds (the request being read starts at b[0] when
+ * its arguments are kept). Stops at the end of the bytes or when the
+ * session dies. Returns where the bytes to keep for the next feed start:
+ * the start of an incomplete request, or *pos when nothing before it is
+ * needed (a request over a limit is dropped as it arrives). */
+static size_t resp_parse(kvidx_session *s, const uint8_t *b, size_t end, size_t *pos) {
+    size_t p = *pos, rs = 0, next;
+    long long v;
+    int r;
+    while (!s->dead) {
+        if (s->out_len >= RESP_OUT_CUT && resp_flush(s)) {
+            s->dead = KVIDX_EPROTO;
+            break;
+        }
+        switch (s->state) {
+        case RESP_START:
+            rs = p;
+            if (p == end) goto out;
+            if (b[p] == '*') {
+                r = resp_line_num(b, p + 1, end, &v, &next);
+                if (r == 0) goto out;
+                if (r < 0) {
+                    resp_broken(s, "invalid multibulk length", -1);
+                    goto out;
+                }
+                p = next;
+                if (v <= 0) continue; /* *0, *-1: nothing to do */
+                s->nargs = v, s->argi = 0, s->req_bytes = 0;
+                s->limit = v > RESP_ARGS_MAX ? "request exceeds 1048576 arguments" : NULL;
+                s->state = RESP_HDR;
+            } else {
+                size_t look = end - p < RESP_INLINE_MAX + 2 ? end - p : RESP_INLINE_MAX + 2, len;
+                const uint8_t *nl = memchr(b + p, '\n', look);
+                if (!nl) {
+                    if (look < RESP_INLINE_MAX + 2) goto out;
+                    s->limit = "inline request exceeds 65536 bytes";
+                    s->state = RESP_INLINE_SKIP;
+                    p = end;
+                    continue;
+                }
+                len = (size_t)(nl - (b + p));
+                next = p + len + 1;
+                if (len && b[p + len - 1] == '\r') len--;
+                if (len > RESP_INLINE_MAX) {
+                    resp_err(s, "inline request exceeds 65536 bytes");
+                } else {
+                    int w = resp_inline_split(s, b + p, len);
+                    if (w == -1) {
+                        resp_broken(s, "unbalanced quotes in request", -1);
+                        goto out;
+                    }
+                    if (w == -2) {
+                        s->dead = KVIDX_ENOMEM;
+                        goto out;
+                    }
+                    if (w > 0) resp_exec(s, w);
+                }
+                p = next;
+            }
+            break;
+        case RESP_INLINE_SKIP: {
+            const uint8_t *nl = memchr(b + p, '\n', end - p);
+            if (!nl) {
+                p = end;
+                goto out;
+            }
+            p = (size_t)(nl - b) + 1;
+            resp_err(s, "%s", s->limit);
+            s->limit = NULL;
+            s->state = RESP_START;
+            break;
+        }
+        case RESP_HDR:
+            if (p == end) goto out;
+            if (b[p] != '$') {
+                resp_broken(s, "expected '$', got", b[p]);
+                goto out;
+            }
+            r = resp_line_num(b, p + 1, end, &v, &next);
+            if (r == 0) goto out;
+            if (r < 0 || v < 0) {
+                resp_broken(s, "invalid bulk length", -1);
+                goto out;
+            }
+            p = next;
+            if (!s->limit && (size_t)v > RESP_BULK_MAX) s->limit = "bulk string exceeds 65536 bytes";
+            if (!s->limit && s->req_bytes + (size_t)v > RESP_REQ_MAX) s->limit = "request exceeds 67108864 bytes";
+            s->bulk = (size_t)v;
+            s->state = s->limit ? RESP_SKIP : RESP_DATA;
+            if (s->limit) s->bulk += 2; /* the data and its CRLF are dropped unread */
+            break;
+        case RESP_DATA:
+            if (end - p < s->bulk + 2) goto out;
+            if (b[p + s->bulk] != '\r' || b[p + s->bulk + 1] != '\n') {
+                resp_broken(s, "expected CRLF after bulk data", -1);
+                goto out;
+            }
+            if (resp_arg_add(s, p - rs, s->bulk)) {
+                s->dead = KVIDX_ENOMEM;
+                goto out;
+            }
+            s->req_bytes += s->bulk;
+            p += s->bulk + 2;
+            goto arg_done;
+        case RESP_SKIP: {
+            size_t take = end - p < s->bulk ? end - p : s->bulk;
+            p += take;
+            s->bulk -= take;
+            if (s->bulk) goto out;
+            goto arg_done;
+        }
+        }
+        continue;
+    arg_done:
+        if (++s->argi < s->nargs) {
+            s->state = RESP_HDR;
+            continue;
+        }
+        s->state = RESP_START;
+        if (s->limit) {
+            resp_err(s, "%s", s->limit);
+            s->limit = NULL;
+            continue;
+        }
+        if (resp_av_room(s, (size_t)s->nargs)) {
+            s->dead = KVIDX_ENOMEM;
+            break;
+        }
+        {
+            long long i;
+            for (i = 0; i < s->nargs; i++) {
+                s->av[i] = b + rs + s->args[i].off;
+                s->al[i] = s->args[i].len;
+            }
+        }
+        resp_exec(s, (int)s->nargs);
+    }
+out:
+    *pos = p;
+    return s->state == RESP_START ? rs : s->limit ? p : rs;
+}
+
+/* Room for n bytes of kept input. */
+static int resp_in_room(kvidx_session *s, size_t n) {
+    size_t cap = s->in_cap ? s->in_cap : 4096;
+    uint8_t *p;
+    if (n <= s->in_cap) return 0;
+    while (cap < n) cap *= 2;
+    if (!(p = os_realloc(s->in, cap))) return -1;
+    s->in = p, s->in_cap = cap;
+    return 0;
+}
+
+int kvidx_session_open(kvidx *db, const kvidx_transport *t, kvidx_session **out) {
+    int rc = db_check(db);
+    kvidx_session *s;
+    if (rc) return rc;
+    if (!t || !t->write || !out) return KVIDX_EINVAL;
+    if (!(s = os_calloc(1, sizeof *s))) return KVIDX_ENOMEM;
+    s->db = db;
+    s->t = *t;
+    s->state = RESP_START;
+    /* relaxed: counters for INFO and CLIENT ID, which order nothing */
+    s->id = __atomic_add_fetch(&db->client_ids, 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&db->sessions, 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&db->sessions_total, 1, __ATOMIC_RELAXED);
+    *out = s;
+    return KVIDX_OK;
+}
+
+int kvidx_session_feed(kvidx_session *s, const void *in, size_t n) {
+    const uint8_t *b = in;
+    size_t len = n, pos = 0, keep;
+    if (!s || (!in && n)) return KVIDX_EINVAL;
+    if (s->dead) return s->dead;
+    if (s->in_len) { /* the rest of a request: parse the kept bytes and these together */
+        if (resp_in_room(s, s->in_len + n)) return s->dead = KVIDX_ENOMEM;
+        if (n) memcpy(s->in + s->in_len, in, n);
+        s->in_len += n;
+        b = s->in, len = s->in_len;
+        pos = s->pos;
+    }
+    keep = resp_parse(s, b, len, &pos);
+    if (b == s->in) {
+        memmove(s->in, s->in + keep, len - keep);
+    } else if (len > keep) {
+        if (resp_in_room(s, len - keep)) s->dead = KVIDX_ENOMEM;
+        else memcpy(s->in, b + keep, len - keep);
+    }
+    s->in_len = s->dead ? 0 : len - keep;
+    s->pos = s->dead ? 0 : pos - keep;
+    if (!s->in_len && s->in_cap > RESP_OUT_CUT) { /* a large request: do not keep its buffer */
+        os_free(s->in);
+        s->in = NULL, s->in_cap = 0;
+    }
+    /* relaxed: statistics */
+    __atomic_fetch_add(&s->db->commands, s->commands, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&s->db->hits, s->hits, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&s->db->misses, s->misses, __ATOMIC_RELAXED);
+    s->commands = s->hits = s->misses = 0;
+    /* a reply that could not be buffered leaves the peer's replies out of
+     * step with its requests: the connection must end */
+    if (s->oom && !s->dead) s->dead = KVIDX_ENOMEM;
+    if (s->out_len && !s->oom && resp_flush(s) && (!s->dead || s->dead == KVIDX_CLOSED)) s->dead = KVIDX_EPROTO;
+    return s->dead;
+}
+
+void kvidx_session_close(kvidx_session *s) {
+    if (!s) return;
+    __atomic_fetch_sub(&s->db->sessions, 1, __ATOMIC_RELAXED);
+    os_free(s->in);
+    os_free(s->args);
+    os_free(s->av);
+    os_free(s->al);
+    os_free(s->ibuf);
+    os_free(s->out);
+    os_free(s->name);
+    os_free(s);
+}
+
+#define RESP_READ 65536 /* bytes kvidx_serve asks read for */
+
+int kvidx_serve(kvidx *db, const kvidx_transport *t) {
+    kvidx_session *s;
+    uint8_t *buf;
+    int rc;
+    if (!t || !t->read) return db_check(db) ? db_check(db) : KVIDX_EINVAL;
+    if ((rc = kvidx_session_open(db, t, &s))) return rc;
+    if (!(buf = os_malloc(RESP_READ))) {
+        kvidx_session_close(s);
+        return KVIDX_ENOMEM;
+    }
+    for (;;) {
+        ptrdiff_t r = t->read(t->ctx, buf, RESP_READ);
+        if (r == 0) break;
+        if (r < 0 || r > RESP_READ) {
+            rc = KVIDX_EPROTO;
+            break;
+        }
+        rc = kvidx_session_feed(s, buf, (size_t)r);
+        if (rc) break;
+    }
+    if (rc == KVIDX_CLOSED) rc = KVIDX_OK;
+    os_free(buf);
+    kvidx_session_close(s);
+    return rc;
 }
