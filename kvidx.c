@@ -3349,6 +3349,7 @@ const char *kvidx_strerror(int rc) {
     switch (rc) {
     case KVIDX_OK: return "ok";
     case KVIDX_NOTFOUND: return "not found";
+    case KVIDX_CLOSED: return "session closed by the peer";
     case KVIDX_EINVAL: return "invalid argument";
     case KVIDX_ENOMEM: return "out of memory";
     case KVIDX_EIO: return "I/O error";
@@ -3359,6 +3360,7 @@ const char *kvidx_strerror(int rc) {
     case KVIDX_ERDONLY: return "handle is read-only";
     case KVIDX_ETOOBIG: return "value or buffer size out of range";
     case KVIDX_EMISUSE: return "not a live kvidx handle";
+    case KVIDX_EPROTO: return "protocol error";
     default: return "unknown error";
     }
 }

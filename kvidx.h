@@ -83,11 +83,11 @@ extern "C" {
 /* ---- version --------------------------------------------------------- */
 
 #define KVIDX_VERSION_MAJOR 0
-#define KVIDX_VERSION_MINOR 3
+#define KVIDX_VERSION_MINOR 4
 #define KVIDX_VERSION_PATCH 0
 #define KVIDX_VERSION_NUMBER \
     (KVIDX_VERSION_MAJOR * 10000 + KVIDX_VERSION_MINOR * 100 + KVIDX_VERSION_PATCH)
-#define KVIDX_VERSION_STRING "0.3.0"
+#define KVIDX_VERSION_STRING "0.4.0"
 
 /* ---- limits ----------------------------------------------------------- */
 
@@ -118,7 +118,7 @@ extern "C" {
  * get "unknown error"). Thread-safe. */
 const char *kvidx_strerror(int rc);
 
-/* The library's version, e.g. "0.3.0"; equals KVIDX_VERSION_STRING of the
+/* The library's version, e.g. "0.4.0"; equals KVIDX_VERSION_STRING of the
  * header it was built with. Thread-safe. */
 const char *kvidx_version(void);
 
@@ -407,10 +407,11 @@ int kvidx_stat_shard(kvidx *db, uint32_t shard, kvidx_stats *st);
  * is that key; any other key string is XXH3-64 of its bytes), the limits
  * and every error reply.
  *
- * write must take all len bytes, or return a count below len (kvidx calls
- * it again with the rest), or return < 0 on error; it is called once per
- * batch of replies (a batch: every reply to the requests of one feed, cut
- * at 1 MiB of output). read (used by kvidx_serve only) returns > 0 bytes,
+ * write returns how many of the len bytes it took: all of them, or 1 to
+ * len - 1 (kvidx calls it again with the rest); 0 or < 0 is an error (the
+ * session ends with KVIDX_EPROTO). It is called once per batch of replies
+ * (a batch: every reply to the requests of one feed, cut at 1 MiB of
+ * output). read (used by kvidx_serve only) returns > 0 bytes,
  * 0 at end of stream, < 0 on error. flags: KVIDX_PROTO_* below (0: none);
  * a transport initialized as { ctx, read, write } has none. */
 typedef struct kvidx_transport {
