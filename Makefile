@@ -30,6 +30,7 @@ TESTBINS := $(addprefix $(OUT)/,$(TESTS_BB) $(TESTS_WB))
 .PHONY: bench-lr
 .PHONY: bench-lists bench-list-one
 .PHONY: bench-ops
+.PHONY: fuzz bench-server
 .PHONY: all deps lib test demo bench bench-deps bench-values asan tsan valgrind install \
         uninstall check-symbols clean help run-tests
 
@@ -156,6 +157,24 @@ build/bench_lr_rwlock: bench/bench_lr.c bench/bench.h kvidx.c kvidx.h
 build/bench_values: bench/bench_values.c bench/bench.h kvidx.c kvidx.h
 	@mkdir -p build
 	$(CC) $(WARN) -O2 -g -DNDEBUG -I. bench/bench_values.c kvidx.c -o $@ $(LDLIBS)
+
+# libFuzzer on the protocol parser and dispatcher (tests/fuzz_proto.c; clang, ASan, UBSan) for
+# FUZZ_SECS seconds (default 60) over a scratch copy of tests/fuzz_corpus (build/fuzz_corpus: new inputs
+# stay out of the repository); crash and leak reproducers land in build/fuzz_artifacts/, the scratch
+# database in build/fuzz_tmp/. FUZZ_ARGS adds libFuzzer options.
+FUZZ_SECS ?= 60
+fuzz: deps build/fuzz_proto
+	@rm -rf build/fuzz_corpus build/fuzz_tmp && mkdir -p build/fuzz_corpus build/fuzz_artifacts build/fuzz_tmp
+	cp tests/fuzz_corpus/* build/fuzz_corpus/
+	KVIDX_FUZZ_DIR=$(CURDIR)/build/fuzz_tmp ./build/fuzz_proto -max_total_time=$(FUZZ_SECS) -timeout=10 \
+	  -rss_limit_mb=2048 -print_final_stats=1 -dict=tests/fuzz_proto.dict \
+	  -artifact_prefix=build/fuzz_artifacts/ $(FUZZ_ARGS) build/fuzz_corpus
+
+build/fuzz_proto: tests/fuzz_proto.c kvidx.c kvidx.h | deps
+	@sh tests/deps.sh clang:/usr/bin/clang
+	@mkdir -p build
+	clang $(WARN) -D_GNU_SOURCE -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	  -fno-omit-frame-pointer -I. tests/fuzz_proto.c kvidx.c -o $@ $(LDLIBS)
 
 # ---- install -------------------------------------------------------------
 
