@@ -9,7 +9,10 @@
       (scan_iter, sscan_iter) and DBSIZE checked against the model every
       1000 steps, a pipeline (transaction=False) of 1000 commands, PING,
       INFO, then the error replies (redis.ResponseError with kvidx's message,
-      the connection still usable and nothing stored changed).
+      the connection still usable and nothing stored changed), then large
+      replies (8 pipelined MGETs of 1 MB, SMEMBERS of 200,000 ids) and a
+      pipeline of 400 ECHOs of 60,000 bytes (24 MB each way: redis-py sends
+      it all before it reads a reply).
 
   test_redis_py.py proxy --port P --backends P1,P2,P3 [--seed S]
       Through nutcracker (twemproxy) on port P in front of kvidx-servers on
@@ -478,6 +481,73 @@ def model_mode(a):
         if c.get(str(k)) != m.vals[k]:
             probs.append("GET %d: %s, expected %s" % (k, short(c.get(str(k))), short(m.vals[k])))
     report("redis_py.final_state", probs)
+    large_replies(a, c, raw)
+
+
+def large_replies(a, c, raw):
+    """Replies over the 1 MiB batch cut, and a pipeline that is large both ways."""
+    probs = []
+    keys = [str(9_000_000 + i) for i in range(4000)]
+    vals = {k: bytes([i % 251]) * 256 for i, k in enumerate(keys)}
+    for lo in range(0, len(keys), 500):
+        c.mset({k: vals[k] for k in keys[lo:lo + 500]})
+    p = c.pipeline(transaction=False)
+    for _ in range(8):
+        p.mget(keys)            # about 1.05 MB each
+    t0 = time.time()
+    res = call(lambda: p.execute(raise_on_error=False))
+    if isinstance(res, Exception) or len(res) != 8:
+        probs.append("pipeline of 8 MGET of 4000 keys: %s" % short(res))
+    else:
+        for i, r in enumerate(res):
+            if r != [vals[k] for k in keys]:
+                probs.append("pipeline MGET #%d of 4000 keys (256-byte values): wrong reply %s" % (i, short(r)))
+    ids = list(range(0, 400_000, 2))
+    for lo in range(0, len(ids), 20000):
+        c.sadd("9100000", *ids[lo:lo + 20000])
+    got = raw.smembers("9100000")
+    if [int(x) for x in got] != ids if "kvidx_version" in c.info("server") else \
+            sorted(int(x) for x in got) != ids:
+        probs.append("SMEMBERS of 200,000 ids: %d ids back, expected %d" % (len(got), len(ids)))
+    cur, seen = 0, 0
+    while True:
+        cur, chunk = c.sscan("9100000", cur, count=100000)
+        seen += len(chunk)
+        if cur == 0:
+            break
+    if seen != len(ids):
+        probs.append("SSCAN COUNT 100000 over 200,000 ids: %d ids, expected %d" % (seen, len(ids)))
+    print("# 8 pipelined MGETs of 4000 x 256 bytes (8.4 MB), SMEMBERS of 200,000 ids: %.2f s"
+          % (time.time() - t0))
+    c.delete("9100000", *keys)
+    report("redis_py.large_replies", probs)
+
+    # redis-py sends a whole pipeline before it reads a reply. A server that stops reading
+    # a connection while its replies are unsent (and the client is still sending) hangs
+    # here; redis-server answers it in a fraction of a second.
+    probs = []
+    big = redis.Redis(host="127.0.0.1", port=a.port, socket_timeout=5)
+    v = b"e" * 60000
+    p = big.pipeline(transaction=False)
+    for _ in range(400):
+        p.echo(v)
+    t0 = time.time()
+    try:
+        res = p.execute()
+        if len(res) != 400 or any(r != v for r in res):
+            probs.append("pipeline of 400 ECHO of 60,000 bytes: wrong replies")
+        print("# pipeline of 400 ECHO of 60,000 bytes (24 MB each way): %.2f s" % (time.time() - t0))
+    except redis.RedisError as e:
+        probs.append("pipeline of 400 ECHO of 60,000 bytes (24 MB each way, sent before any reply is "
+                     "read, as redis-py does): %s %r after %.1f s; expected 400 replies (redis-server: "
+                     "well under 1 s)" % (type(e).__name__, str(e), time.time() - t0))
+    big.close()
+    try:
+        if c.ping() is not True:
+            probs.append("PING on another connection afterwards: not PONG")
+    except redis.RedisError as e:
+        probs.append("PING on another connection afterwards: %s %s" % (type(e).__name__, e))
+    report("redis_py.pipeline_24mb_each_way", probs)
 
 
 def error_cases(c, m):
