@@ -473,6 +473,7 @@ def model_mode(a):
     if kvidx:
         error_cases(c, m)
         kvidx_semantics(c, raw, m)
+        raw_socket(a)
 
     # the model still holds after all of that
     probs = []
@@ -714,6 +715,81 @@ def kvidx_semantics(c, raw, m):
     expect("CONFIG GET save", c.execute_command("CONFIG", "GET", "save"), [])
     expect("SELECT 0", c.execute_command("SELECT", "0"), True)
     report("redis_py.kvidx_semantics", probs)
+
+
+def raw_socket(a):
+    """Bytes as a server sees them: a request split into single bytes, inline
+    requests, QUIT, the 64 KiB bulk limit, broken framing closing the connection."""
+    import socket
+    probs = []
+
+    def conn():
+        s = socket.create_connection(("127.0.0.1", a.port), timeout=10)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return s
+
+    def read_until(s, want):
+        buf = b""
+        try:
+            while len(buf) < len(want):
+                d = s.recv(65536)
+                if not d:
+                    break
+                buf += d
+        except OSError as e:
+            buf += b"<%s>" % type(e).__name__.encode()
+        return buf
+
+    def eof(s):
+        try:
+            return s.recv(100) == b""
+        except OSError:
+            return False
+
+    s = conn()
+    req = b"*3\r\n$3\r\nSET\r\n$4\r\n9500\r\n$2\r\nhi\r\n"
+    for i, ch in enumerate(req):
+        s.sendall(bytes([ch]))
+        if i % 5 == 0:
+            time.sleep(0.002)
+    r = read_until(s, b"+OK\r\n")
+    if r != b"+OK\r\n":
+        probs.append("SET sent one byte at a time -> %r, expected b'+OK\\r\\n'" % r)
+    s.sendall(b"GET 9500\r\nget 09500\n\r\nPING\r\n*2\r\n$4\r\nECHO\r\n$0\r\n\r\n")
+    want = b"$2\r\nhi\r\n$2\r\nhi\r\n+PONG\r\n$0\r\n\r\n"
+    r = read_until(s, want)
+    if r != want:
+        probs.append("inline GET 9500, get 09500, an empty line, PING, ECHO '' -> %r, expected %r" % (r, want))
+    s.sendall(b"QUIT\r\n")
+    r = read_until(s, b"+OK\r\n")
+    if r != b"+OK\r\n" or not eof(s):
+        probs.append("QUIT -> %r and then %s, expected b'+OK\\r\\n' and the connection closed"
+                     % (r, "EOF" if r == b"+OK\r\n" else "?"))
+    s.close()
+
+    s = conn()
+    s.sendall(b"*3\r\n$3\r\nSET\r\n$4\r\n9501\r\n$70000\r\n" + b"z" * 70000 + b"\r\nPING\r\n")
+    want = b"-ERR bulk string exceeds 65536 bytes\r\n+PONG\r\n"
+    r = read_until(s, want)
+    if r != want:
+        probs.append("SET 9501 <70000 bytes>; PING -> %s, expected %r" % (short(r), want))
+    s.close()
+
+    for bad, text in ((b"*1\r\n$x\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
+                      (b"*x\r\n", b"-ERR Protocol error: invalid multibulk length\r\n"),
+                      (b"*1\r\n:5\r\n", b"-ERR Protocol error: expected '$', got ':'\r\n"),
+                      (b'GET "9500\r\n', b"-ERR Protocol error: unbalanced quotes in request\r\n")):
+        s = conn()
+        s.sendall(bad + b"PING\r\n")
+        r = read_until(s, text + b"+PONG\r\n")
+        if r != text or not eof(s):
+            probs.append("%r then PING -> %r%s, expected %r and the connection closed"
+                         % (bad, r, "" if r != text else " and no EOF", text))
+        s.close()
+    c = redis.Redis(host="127.0.0.1", port=a.port, socket_timeout=10)
+    if c.delete("9500", "9501") != 1:
+        probs.append("DEL 9500 9501: expected 1 (9501 was never stored)")
+    report("redis_py.raw_socket_framing", probs)
 
 
 # ------------------------------------------------------------ proxy mode
