@@ -5550,47 +5550,41 @@ static void cmd_type(kvidx_session *s, int ac) {
     else resp_raw(s, "+none\r\n", 7);
 }
 
-/* INCR and friends: the value as a strict decimal int64. */
+/* INCR and friends: the value as a strict decimal int64 plus (or, dec:
+ * minus) by; the result goes back in by. */
+typedef struct incr_ctx {
+    long long by;
+    int dec;
+} incr_ctx;
+
 static int incr_decide(void *ud, const uint8_t *cur, size_t cur_len, int found, uint8_t *nv, size_t *nlen) {
-    long long *by = ud, v = 0;
+    incr_ctx *c = ud;
+    long long v = 0, by = c->by;
     if (found && resp_i64(cur, cur_len, &v)) return RESP_ENOTINT;
-    if ((*by > 0 && v > LLONG_MAX - *by) || (*by < 0 && v < LLONG_MIN - *by)) return RESP_EOVERFLOW;
-    v += *by;
-    *by = v;
-    *nlen = (size_t)snprintf((char *)nv, KVIDX_VALUE_MAX, "%lld", v);
+    if (c->dec ? (by > 0 && v < LLONG_MIN + by) || (by < 0 && v > LLONG_MAX + by)
+               : (by > 0 && v > LLONG_MAX - by) || (by < 0 && v < LLONG_MIN - by))
+        return RESP_EOVERFLOW;
+    c->by = c->dec ? v - by : v + by;
+    *nlen = (size_t)snprintf((char *)nv, KVIDX_VALUE_MAX, "%lld", c->by);
     return 1;
 }
 
-static void resp_incr(kvidx_session *s, long long by) {
-    int wrote, rc = db_update(s->db, resp_key(s->av[1], s->al[1]), incr_decide, &by, &wrote);
+/* INCR, DECR, INCRBY, DECRBY: the amount is av[2] when by_arg. */
+static void resp_incr(kvidx_session *s, int by_arg, int dec) {
+    incr_ctx c;
+    int wrote, rc;
+    c.by = 1, c.dec = dec;
+    if (by_arg && resp_i64(s->av[2], s->al[2], &c.by)) {
+        resp_fail(s, RESP_ENOTINT);
+        return;
+    }
+    rc = db_update(s->db, resp_key(s->av[1], s->al[1]), incr_decide, &c, &wrote);
     if (rc) resp_fail(s, rc);
-    else resp_int(s, by);
+    else resp_int(s, c.by);
 }
 
-static void cmd_incr(kvidx_session *s, int ac) {
-    (void)ac;
-    resp_incr(s, 1);
-}
-
-static void cmd_decr(kvidx_session *s, int ac) {
-    (void)ac;
-    resp_incr(s, -1);
-}
-
-static void cmd_incrby(kvidx_session *s, int ac) {
-    long long by;
-    (void)ac;
-    if (resp_i64(s->av[2], s->al[2], &by)) resp_fail(s, RESP_ENOTINT);
-    else resp_incr(s, by);
-}
-
-static void cmd_decrby(kvidx_session *s, int ac) {
-    long long by;
-    (void)ac;
-    if (resp_i64(s->av[2], s->al[2], &by)) resp_fail(s, RESP_ENOTINT);
-    else if (by == LLONG_MIN) resp_fail(s, RESP_EOVERFLOW);
-    else resp_incr(s, -by);
-}
+static void cmd_incr(kvidx_session *s, int ac) { resp_incr(s, ac == 3, 0); }
+static void cmd_decr(kvidx_session *s, int ac) { resp_incr(s, ac == 3, 1); }
 
 /* SCAN/SSCAN: the cursor at av[at] and the options after it. Returns 0
  * or replies with the error and returns -1. */
@@ -5879,10 +5873,10 @@ typedef struct resp_cmd {
 
 static const resp_cmd resp_cmds[] = {
     {"client", -2, cmd_client},     {"command", -1, cmd_command},     {"config", -2, cmd_config},
-    {"dbsize", 1, cmd_dbsize},      {"decr", 2, cmd_decr},            {"decrby", 3, cmd_decrby},
+    {"dbsize", 1, cmd_dbsize},      {"decr", 2, cmd_decr},            {"decrby", 3, cmd_decr},
     {"del", -2, cmd_del},           {"echo", 2, cmd_echo},            {"exists", -2, cmd_exists},
     {"flushall", -1, cmd_flushall}, {"flushdb", -1, cmd_flushall},    {"get", 2, cmd_get},
-    {"incr", 2, cmd_incr},          {"incrby", 3, cmd_incrby},        {"info", -1, cmd_info},
+    {"incr", 2, cmd_incr},          {"incrby", 3, cmd_incr},        {"info", -1, cmd_info},
     {"mget", -2, cmd_mget},         {"mset", -3, cmd_mset},           {"ping", -1, cmd_ping},
     {"quit", -1, cmd_quit},         {"sadd", -3, cmd_sadd},           {"scan", -2, cmd_scan},
     {"scard", 2, cmd_scard},        {"select", 2, cmd_select},        {"set", -3, cmd_set},
@@ -6090,8 +6084,8 @@ static size_t resp_parse(kvidx_session *s, const uint8_t *b, size_t end, size_t 
                 if (!nl) {
                     if (look < RESP_INLINE_MAX + 2) goto out;
                     s->limit = "inline request exceeds 65536 bytes";
-                    s->state = RESP_INLINE_SKIP;
-                    p = end;
+                    s->state = RESP_INLINE_SKIP; /* drops the line up to its newline */
+                    p += look;
                     continue;
                 }
                 len = (size_t)(nl - (b + p));
