@@ -11,9 +11,10 @@
  *      at a time, fixed or varying chunk sizes), the transport taking
  *      at most a few bytes a write call in some modes.
  * The first byte is a control byte, not part of the stream. Control bytes
- * 0x7c..0x7f also repeat the stream to FUZZ_REPEAT_TO bytes, so that
- * inputs of a few bytes reach the 64 KiB limits, long pipelines and the
- * 1 MiB cut of a batch of replies (rarely: such an input takes ~0.1-1 s).
+ * 0x7c..0x7f make the stream A repeated to FUZZ_REPEAT_TO bytes followed
+ * by B, where the input is A, or A 0xff B, so that inputs of a few bytes
+ * reach the 64 KiB limits (and what follows them), long pipelines and the
+ * 1 MiB cut of a batch of replies (such an input takes ~0.1-1 s).
  *
  * What is checked beyond "no crash, no leak, no hang":
  *   - every byte written is well-formed RESP2 (+/- lines without CR or
@@ -339,10 +340,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     mode = 1 + ctl % 4;      /* 1..4 */
     arg = ctl / 4 * 4 + 3;   /* 3..255 */
     if (ctl & 0x80) take = 1 + (ctl >> 4 & 7); /* a transport that takes 1..8 bytes a call */
-    if (ctl >> 2 == 31 && size > 0) { /* the stream repeated */
-        size_t n = 0;
-        if (!(rep = malloc(FUZZ_REPEAT_TO + size))) abort();
-        while (n < FUZZ_REPEAT_TO) memcpy(rep + n, data, size), n += size;
+    if (ctl >> 2 == 31 && size > 0) { /* A [0xff B]: A repeated, then B */
+        const uint8_t *sep = memchr(data, 0xff, size);
+        size_t alen = sep ? (size_t)(sep - data) : size, blen = sep ? size - alen - 1 : 0, n = 0;
+        if (!alen) alen = 1; /* 0xff first: it is the repeated byte */
+        if (!(rep = malloc(FUZZ_REPEAT_TO + alen + blen))) abort();
+        while (n < FUZZ_REPEAT_TO) memcpy(rep + n, data, alen), n += alen;
+        if (blen) memcpy(rep + n, data + size - blen, blen), n += blen;
         data = rep, size = n;
     }
     if (mode == 2 && size > 4096) mode = 3;
