@@ -12,7 +12,8 @@
       the connection still usable and nothing stored changed), then large
       replies (8 pipelined MGETs of 1 MB, SMEMBERS of 200,000 ids) and a
       pipeline of 400 ECHOs of 60,000 bytes (24 MB each way: redis-py sends
-      it all before it reads a reply).
+      it all before it reads a reply), and 8 connections at once (INCR and
+      SADD add up, exactly one SET NX wins per key).
 
   test_redis_py.py proxy --port P --backends P1,P2,P3 [--seed S]
       Through nutcracker (twemproxy) on port P in front of kvidx-servers on
@@ -549,6 +550,51 @@ def large_replies(a, c, raw):
     except redis.RedisError as e:
         probs.append("PING on another connection afterwards: %s %s" % (type(e).__name__, e))
     report("redis_py.pipeline_24mb_each_way", probs)
+    concurrent(a, c)
+
+
+def concurrent(a, c):
+    """8 connections at once: INCR and SADD add up, one SET NX wins per key."""
+    import threading
+    probs = []
+    nthr, nops = 8, 1000
+    wins = [0] * nthr
+    errs = []
+
+    def work(t):
+        try:
+            cc = redis.Redis(host="127.0.0.1", port=a.port, socket_timeout=20)
+            p = cc.pipeline(transaction=False)
+            for i in range(nops):
+                p.incr("9200000")
+                p.sadd("9200001", str(t * nops + i))
+                p.set(str(9300000 + i), str(t), nx=True)
+                if i % 100 == 99:
+                    res = p.execute()
+                    wins[t] += sum(1 for r in res[2::3] if r is True)
+            cc.close()
+        except Exception as e:  # reported below
+            errs.append("thread %d: %s %s" % (t, type(e).__name__, e))
+
+    th = [threading.Thread(target=work, args=(t,)) for t in range(nthr)]
+    t0 = time.time()
+    for t in th:
+        t.start()
+    for t in th:
+        t.join(120)
+    probs += errs
+    n = int(c.get("9200000") or 0)
+    if n != nthr * nops:
+        probs.append("INCR 9200000 from %d connections x %d: %d, expected %d" % (nthr, nops, n, nthr * nops))
+    if c.scard("9200001") != nthr * nops:
+        probs.append("SCARD 9200001 after SADD from %d connections: %d, expected %d"
+                     % (nthr, c.scard("9200001"), nthr * nops))
+    if sum(wins) != nops:
+        probs.append("SET NX of %d keys from %d connections: %d won, expected exactly %d"
+                     % (nops, nthr, sum(wins), nops))
+    print("# %d connections x %d x (INCR, SADD, SET NX) in %.2f s" % (nthr, nops, time.time() - t0))
+    c.delete("9200000", "9200001", *[str(9300000 + i) for i in range(nops)])
+    report("redis_py.concurrent_incr_sadd_setnx", probs)
 
 
 def error_cases(c, m):
