@@ -5853,7 +5853,8 @@ static void cmd_flushall(kvidx_session *s, int ac) {
         return;
     }
     if (!(s->t.flags & KVIDX_PROTO_FLUSH)) {
-        resp_err(s, "FLUSHALL is disabled (start the server with --allow-flush)");
+        resp_err(s, "%s is disabled (start the server with --allow-flush)",
+                 resp_is(s->av[0], s->al[0], "flushdb") ? "FLUSHDB" : "FLUSHALL");
         return;
     }
     c.db = s->db, c.rc = KVIDX_OK;

@@ -656,7 +656,7 @@ def error_cases(c, m):
         ("flushall_disabled", "FLUSHALL", lambda: c.flushall(),
          "FLUSHALL is disabled (start the server with --allow-flush)"),
         ("flushdb_disabled", "FLUSHDB", lambda: c.flushdb(),
-         "FLUSHALL is disabled (start the server with --allow-flush)"),
+         "FLUSHDB is disabled (start the server with --allow-flush)"),
         ("config_set", "CONFIG SET save ''", lambda: c.config_set("save", ""),
          "CONFIG SET is not supported"),
     ]
