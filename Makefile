@@ -176,6 +176,13 @@ build/fuzz_proto: tests/fuzz_proto.c kvidx.c kvidx.h | deps
 	clang $(WARN) -D_GNU_SOURCE -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
 	  -fno-omit-frame-pointer -I. tests/fuzz_proto.c kvidx.c -o $@ $(LDLIBS)
 
+# kvidx-server against redis-server (appendonly yes, appendfsync everysec) under redis-benchmark:
+# SET, GET, MSET, SADD, SMEMBERS with and without -P 16, then checks what both hold
+# (bench/bench_server.sh; N=100000 requests a run; a few minutes).
+bench-server: deps server
+	@sh tests/deps.sh redis-server:/usr/bin/redis-server redis-tools:/usr/bin/redis-benchmark
+	bash bench/bench_server.sh
+
 # ---- install -------------------------------------------------------------
 
 install: all
@@ -214,6 +221,8 @@ help:
 	@echo "make bench-lists  kvidx lists against Redis and LMDB (bench/bench_lists.c; installs them)"
 	@echo "make bench-list-one  one list grown to 1M ids one id per call"
 	@echo "make bench-ops  compaction, and KVIDX_SYNC puts (1, 2, 8 threads) against LMDB (bench/bench_ops.c)"
+	@echo "make fuzz       libFuzzer on the protocol layer for FUZZ_SECS (60) seconds (tests/fuzz_proto.c; clang)"
+	@echo "make bench-server  kvidx-server against redis-server under redis-benchmark (bench/bench_server.sh)"
 	@echo "make install    install to \$$DESTDIR\$$PREFIX (default /usr/local)"
 	@echo "make uninstall  remove what install put there"
 	@echo "make check-symbols  fail if libkvidx.so exports anything but kvidx_*"
