@@ -5029,7 +5029,7 @@ static int resp_room(kvidx_session *s, size_t n) {
 }
 
 static void resp_raw(kvidx_session *s, const void *p, size_t n) {
-    if (resp_room(s, n)) return;
+    if (!n || resp_room(s, n)) return; /* p may be NULL when n == 0 */
     memcpy(s->out + s->out_len, p, n);
     s->out_len += n;
 }
