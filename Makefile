@@ -19,7 +19,7 @@ BENCH_DEPS := liblmdb-dev:/usr/include/lmdb.h librocksdb-dev:/usr/include/rocksd
               libhiredis-dev:/usr/include/hiredis/hiredis.h redis-server:/usr/bin/redis-server
 
 # Tests: black-box ones link kvidx.c; white-box ones #include it (-DKVIDX_TEST).
-TESTS_BB := test_api test_model test_crash test_concurrency test_lists
+TESTS_BB := test_api test_model test_crash test_concurrency test_lists test_proto
 TESTS_WB := test_recovery test_lr test_lists_wb test_compact test_check test_powercut test_faults
 VARIANT  ?= test
 SAN      ?=
@@ -31,6 +31,8 @@ TESTBINS := $(addprefix $(OUT)/,$(TESTS_BB) $(TESTS_WB))
 .PHONY: bench-lists bench-list-one
 .PHONY: bench-ops
 .PHONY: fuzz bench-server
+.PHONY: test-server
+.PHONY: server
 .PHONY: all deps lib test demo bench bench-deps bench-values asan tsan valgrind install \
         uninstall check-symbols clean help run-tests
 
@@ -74,9 +76,22 @@ valgrind: deps
 	@mkdir -p tests/tmp
 	valgrind --error-exitcode=1 --leak-check=full -q build/valgrind/test_api
 
-run-tests: $(TESTBINS)
+# kvidx-server under real clients: redis-cli (one-shot, at a tty, --pipe), redis-py against a
+# model, redis-benchmark, three servers behind nutcracker (tests/test_server.sh; installs the
+# clients; about 20 s). TEST_SERVER_BENCH_N sets redis-benchmark -n (default 100000).
+test-server: deps server
+	sh tests/test_server.sh build/kvidx-server
+
+# The C tests, then tests/test_server.sh: kvidx-server built like them
+# (sanitized in asan/tsan, where redis-benchmark runs 20,000 requests).
+BENCH_N := $(if $(SAN),20000,100000)
+run-tests: $(TESTBINS) $(OUT)/kvidx-server
 	@mkdir -p tests/tmp
-	@sh tests/run.sh $(TESTBINS)
+	@KVIDX_SERVER=$(OUT)/kvidx-server TEST_SERVER_BENCH_N=$(BENCH_N) sh tests/run.sh $(TESTBINS) tests/test_server.sh
+
+$(OUT)/kvidx-server: examples/server.c kvidx.c kvidx.h
+	@mkdir -p $(OUT)
+	$(CC) $(WARN) -D_GNU_SOURCE -O1 -g $(SAN) -I. examples/server.c kvidx.c -o $@ $(LDLIBS)
 
 # These reopen databases of a few MiB: have them open shards on threads
 # as a large database would.
@@ -98,6 +113,13 @@ demo: deps build/quickstart
 build/quickstart: examples/quickstart.c kvidx.c kvidx.h
 	@mkdir -p build
 	$(CC) $(WARN) $(CFLAGS) -I. examples/quickstart.c kvidx.c -o $@ $(LDLIBS)
+
+# kvidx-server: the Redis protocol over TCP, one epoll loop per thread (examples/server.c).
+server: deps build/kvidx-server
+
+build/kvidx-server: examples/server.c kvidx.c kvidx.h | deps
+	@mkdir -p build
+	$(CC) $(WARN) -D_GNU_SOURCE $(CFLAGS) -I. examples/server.c kvidx.c -o $@ $(LDLIBS)
 
 # kvidx against LMDB, RocksDB and LevelDB, one run (bench/bench_kv.c; several minutes).
 bench: deps bench-deps build/bench_kv
@@ -211,10 +233,12 @@ clean:
 help:
 	@echo "make            build libkvidx.a, libkvidx.so.$(VERSION), kvidx.pc"
 	@echo "make demo       build and run examples/quickstart.c (./kvidx-demo-data)"
+	@echo "make server     build build/kvidx-server (examples/server.c; --help lists its options)"
 	@echo "make test       build and run the tests (ends with 'N passed, N failed')"
 	@echo "make asan       the tests under AddressSanitizer + UBSan"
 	@echo "make tsan       the tests under ThreadSanitizer"
 	@echo "make valgrind   test_api under valgrind memcheck"
+	@echo "make test-server  kvidx-server under redis-cli, redis-py, redis-benchmark, nutcracker"
 	@echo "make bench      kvidx against LMDB, RocksDB, LevelDB (bench/bench_kv.c; installs them)"
 	@echo "make bench-values  the value store alone (bench/bench_values.c)"
 	@echo "make bench-lr   reads under a writer: Left-Right against a rwlock build"

@@ -28,7 +28,8 @@
 #   sigterm_exit_0           every kvidx-server stopped with SIGTERM exited 0 within 10 s
 # Ends with "test_server: N passed, N failed"; exit 0 only if none failed.
 #
-# Environment: TEST_SERVER_BENCH_N (redis-benchmark -n, default 100000; use
+# Environment: KVIDX_SERVER (SERVER when no argument is given; tests/run.sh
+# runs this script without one), TEST_SERVER_BENCH_N (redis-benchmark -n, default 100000; use
 # 20000 under a sanitizer), TEST_SERVER_THREADS (--threads, default 2),
 # KVIDX_SEED (the redis-py seed; printed), TEST_SERVER_KEEP=1 (keep the
 # scratch directory and the logs).
@@ -36,7 +37,7 @@
 # tests/deps.sh if missing) and script(1) (bsdutils).
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-BIN=${1:-build/kvidx-server}
+BIN=${1:-${KVIDX_SERVER:-build/kvidx-server}}
 BENCH_N=${TEST_SERVER_BENCH_N:-100000}
 THREADS=${TEST_SERVER_THREADS:-2}
 PY=/usr/bin/python3   # python3-redis is in Debian's python only
