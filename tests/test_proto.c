@@ -50,6 +50,8 @@
  *   test_threads           sessions on threads: INCR/INCRBY/DECRBY exact,
  *                          every INCR reply distinct; SET NX one winner a
  *                          key; SET GET returns every old value once
+ *   test_feed_null_empty   kvidx_session_feed(s, NULL, 0) (last: a UBSan
+ *                          abort there hides nothing)
  *
  * KVIDX_SEED replays a run (thread interleavings aside). Loop sizes are
  * divided by SAN_SLOW under ASan and TSan.
@@ -1451,7 +1453,6 @@ static void test_session_api(void) {
     kvidx_session *s = NULL;
     sink k;
     conn c;
-    int rc;
     REQUIRE(db);
     memset(&t, 0, sizeof t);
     memset(&k, 0, sizeof k);
@@ -1472,8 +1473,6 @@ static void test_session_api(void) {
 
     if (c_open(&c, db, 0) == KVIDX_OK) {
         XR(&c, "", "");
-        rc = kvidx_session_feed(c.s, NULL, 0);
-        CHECK_RC(rc, KVIDX_OK);
         XR(&c, "PI", "");
         XR(&c, "NG\r", "");
         CHECK(c.k.calls == 0); /* nothing to say: no write call */
@@ -1531,6 +1530,14 @@ static void test_server_commands(void) {
     EX(&c, ERR("CONFIG RESETSTAT is not supported"), "CONFIG", "RESETSTAT");
     EX(&c, ERR("CONFIG REWRITE is not supported"), "CONFIG", "REWRITE");
 
+    EX(&c, "*0\r\n", "COMMAND", "GETKEYS", "GET", "1");
+    EX(&c, ERR("CLIENT LIST is not supported"), "CLIENT", "LIST");
+    EX(&c, ERR("CLIENT KILL is not supported"), "CLIENT", "KILL", "1.2.3.4:5");
+    EX(&c, ERR("unknown command 'MULTI'"), "MULTI");
+    EX(&c, ERR("unknown command 'EXEC'"), "EXEC");
+    EX(&c, ERR("unknown command 'HELLO'"), "HELLO", "3");
+    EX(&c, ERR("unknown command 'AUTH'"), "AUTH", "pw");
+    EX(&c, ERR("unknown command 'TTL'"), "TTL", "1");
     EX(&c, "$-1\r\n", "CLIENT", "GETNAME");
     EX(&c, "+OK\r\n", "CLIENT", "SETNAME", "conn1");
     EX(&c, "$5\r\nconn1\r\n", "CLIENT", "GETNAME");
@@ -2110,10 +2117,7 @@ static void test_errors_change_nothing(void) {
     EX(&c, "-ERR member is not a decimal uint64 id: '-5'\r\n", "SREM", "2", "10", "-5");
     EX(&c, ERR("DB index is out of range"), "SELECT", "1");
     EX(&c, ERR("FLUSHALL is disabled (start the server with --allow-flush)"), "FLUSHALL");
-    {
-        const char *r_ = GETR(&c, "FLUSHDB");
-        check_err_line(__LINE__, r_, c.k.out.n, "-ERR FLUSH");
-    }
+    EX(&c, ERR("FLUSHDB is disabled (start the server with --allow-flush)"), "FLUSHDB");
     EX(&c, ERR("CONFIG SET is not supported"), "CONFIG", "SET", "appendonly", "no");
     EX(&c, ERR("invalid cursor"), "SCAN", "x");
     EX(&c, ERR("invalid cursor"), "SCAN", "-1");
@@ -2139,7 +2143,6 @@ static void test_errors_change_nothing(void) {
 static void test_flush(void) {
     kvidx *db = db_open("proto_flush");
     conn c0, c1;
-    const char *r;
     REQUIRE(db);
     REQUIRE(c_open(&c0, db, 0) == KVIDX_OK);
     REQUIRE(c_open(&c1, db, KVIDX_PROTO_FLUSH) == KVIDX_OK);
@@ -2148,9 +2151,8 @@ static void test_flush(void) {
     EX(&c0, ":1\r\n", "SADD", "user:1", "5");
     EX(&c0, ERR("FLUSHALL is disabled (start the server with --allow-flush)"), "FLUSHALL");
     EX(&c0, ERR("FLUSHALL is disabled (start the server with --allow-flush)"), "FLUSHALL", "ASYNC");
-    r = GETR(&c0, "flushdb");
-    check_err_line(__LINE__, r, c0.k.out.n, "-ERR FLUSH");
-    CHECK(has(r, c0.k.out.n, "--allow-flush"));
+    EX(&c0, ERR("FLUSHDB is disabled (start the server with --allow-flush)"), "flushdb");
+    EX(&c0, ERR("FLUSHDB is disabled (start the server with --allow-flush)"), "FLUSHDB", "SYNC");
     EX(&c0, ":3\r\n", "DBSIZE");
     CHECK_VAL(db, 1, "a");
     CHECK_IDS(db, 2, 5, 6);
@@ -3164,6 +3166,25 @@ static void test_threads(void) {
     db_close(db);
 }
 
+/* kvidx_session_feed(s, NULL, 0) is a valid call (NULL is refused only
+ * with n > 0); on a fresh session it must not pass NULL to memmove
+ * (UBSan). Runs last, so that a sanitizer abort hides nothing. */
+static void test_feed_null_empty(void) {
+    kvidx *db = db_open("proto_null");
+    conn c;
+    REQUIRE(db);
+    if (c_open(&c, db, 0) == KVIDX_OK) {
+        CHECK_RC(kvidx_session_feed(c.s, NULL, 0), KVIDX_OK);
+        XR(&c, "PI", "");
+        CHECK_RC(kvidx_session_feed(c.s, NULL, 0), KVIDX_OK);
+        XR(&c, "NG\r\n", "+PONG\r\n");
+        CHECK_RC(kvidx_session_feed(c.s, NULL, 0), KVIDX_OK);
+        CHECK(c.k.calls == 1);
+        c_close(&c);
+    }
+    db_close(db);
+}
+
 #define RUN(fn)                    \
     do {                           \
         g_lines = 0;               \
@@ -3192,6 +3213,7 @@ int main(void) {
     RUN(test_serve);
     RUN(test_write_fail);
     RUN(test_threads);
+    RUN(test_feed_null_empty);
     alarm(0);
     return t_done();
 }
