@@ -6233,7 +6233,7 @@ int kvidx_session_feed(kvidx_session *s, const void *in, size_t n) {
     }
     keep = resp_parse(s, b, len, &pos);
     if (b == s->in) {
-        memmove(s->in, s->in + keep, len - keep);
+        if (keep && len > keep) memmove(s->in, s->in + keep, len - keep); /* keep 0: already in place */
     } else if (len > keep) {
         if (resp_in_room(s, len - keep)) s->dead = KVIDX_ENOMEM;
         else memcpy(s->in, b + keep, len - keep);
