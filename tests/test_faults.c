@@ -226,9 +226,113 @@ static void test_every_call(void) {
     t_rmrf(dir), t_rmrf(copy), t_rmrf(base);
 }
 
+/* ---- the protocol layer under allocation failure ---------------------- */
+
+typedef struct sink {
+    char *p;
+    size_t n, cap;
+} sink;
+
+static ptrdiff_t sink_write(void *ctx, const void *b, size_t len) {
+    sink *k = ctx;
+    if (k->n + len > k->cap) {
+        k->cap = (k->n + len) * 2;
+        k->p = realloc(k->p, k->cap);
+        if (!k->p) abort();
+    }
+    memcpy(k->p + k->n, b, len);
+    k->n += len;
+    return (ptrdiff_t)len;
+}
+
+static int g_mallocs, g_malloc_at;
+static int fail_malloc_at(os_op op, const char *what) {
+    (void)what;
+    return op == OS_MALLOC && ++g_mallocs == g_malloc_at ? ENOMEM : 0;
+}
+
+/* One run of a script of requests in three feeds (the second ends inside
+ * a request) on a fresh session over a reset database. Returns the
+ * session's first non-OK code (KVIDX_OK if none); *out gets the replies. */
+static int proto_script(kvidx *db, sink *out) {
+    static const char *const feeds[] = {
+        "SET 1 a\r\n*3\r\n$3\r\nSET\r\n$1\r\n2\r\n$3\r\nbcd\r\nSADD 5 3 1 2\r\nGET 1\r\nMGET 1 2 3\r\n",
+        "SMEMBERS 5\r\nSCAN 0 COUNT 10\r\nset \"x y\" 'z'\r\nINCR 3\r\nSINTER 5 5\r\n*2\r\n$3\r\nGET",
+        "\r\n$1\r\n2\r\nSSCAN 5 0\r\nDBSIZE\r\nCLIENT SETNAME n\r\nCLIENT GETNAME\r\nSMISMEMBER 5 1 4\r\nDEL 5\r\n"};
+    kvidx_transport t = {NULL, NULL, sink_write, 0};
+    kvidx_session *s;
+    int rc, i;
+    uint64_t k;
+    for (k = 1; k <= 3; k++) kvidx_delete(db, k);
+    kvidx_delete(db, XXH3_64bits("x y", 3));
+    kvidx_list_delete(db, 5);
+    out->n = 0;
+    t.ctx = out;
+    if ((rc = kvidx_session_open(db, &t, &s))) return rc;
+    for (i = 0; i < 3; i++) {
+        rc = kvidx_session_feed(s, feeds[i], strlen(feeds[i]));
+        if (rc) {
+            /* a dead session refuses the rest and writes nothing more */
+            size_t n = out->n;
+            CHECK(kvidx_session_feed(s, "PING\r\n", 6) == rc);
+            CHECK(out->n == n);
+            break;
+        }
+    }
+    kvidx_session_close(s);
+    return rc;
+}
+
+/* Every allocation a session makes (its buffers, argument arrays, the
+ * lists and values it reads and writes) fails in turn: each run ends
+ * with KVIDX_OK or KVIDX_ENOMEM (the replies of a feed that ended the
+ * session before its failure may or may not have been written), its
+ * replies agree with a faultless run up to the first "out of memory"
+ * error reply or the end of what it wrote, nothing leaks (ASan), and afterwards the same script gives the
+ * faultless replies again. */
+static void test_protocol_alloc(void) {
+    static const char oom[] = "-ERR kvidx: out of memory\r\n";
+    const char *dir = t_dir("faults_proto");
+    kvidx_options o = opts();
+    kvidx *db;
+    sink ref = {NULL, 0, 0}, got = {NULL, 0, 0};
+    int at, runs = 0, enomem = 0, replies = 0;
+    t_watchdog("test_protocol_alloc", 120);
+    REQUIRE(kvidx_open(dir, &o, &db) == KVIDX_OK);
+    CHECK(proto_script(db, &ref) == KVIDX_OK);
+    REQUIRE(ref.n > 0);
+    for (at = 1;; at++) {
+        int rc;
+        const char *e;
+        size_t agree;
+        g_mallocs = 0, g_malloc_at = at;
+        os_fault_hook = fail_malloc_at;
+        rc = proto_script(db, &got);
+        os_fault_hook = NULL;
+        runs++;
+        CHECK(rc == KVIDX_OK || rc == KVIDX_ENOMEM);
+        e = got.n ? memmem(got.p, got.n, oom, sizeof oom - 1) : NULL;
+        agree = e ? (size_t)(e - got.p) : got.n;
+        CHECK(agree <= ref.n && (!agree || memcmp(got.p, ref.p, agree) == 0));
+        if (!e && rc == KVIDX_OK) CHECK(got.n == ref.n);
+        enomem += rc == KVIDX_ENOMEM;
+        replies += e != NULL;
+        if (g_mallocs < at) break; /* this run met no failure: every allocation was tried */
+    }
+    CHECK(proto_script(db, &got) == KVIDX_OK);
+    CHECK(got.n == ref.n && memcmp(got.p, ref.p, ref.n) == 0);
+    printf("  %d runs: %d ended the session with KVIDX_ENOMEM, %d answered an out-of-memory error\n", runs - 1,
+           enomem, replies);
+    CHECK(enomem > 0 && replies > 0);
+    CHECK(kvidx_close(db) == KVIDX_OK);
+    free(ref.p), free(got.p);
+    t_rmrf(dir);
+}
+
 int main(void) {
     t_init("test_faults");
     T_RUN(test_every_call);
+    T_RUN(test_protocol_alloc);
     alarm(0);
     return t_done();
 }
