@@ -4527,6 +4527,7 @@ static int vs_compact(kvidx *db, vs_shard *s) {
     s->ltrunc++;
     s->lsnap_bytes = g.lsnap, s->lsnap_retry = 0;
     s->dseq = s->wseq;
+    vs_trim(s); /* the new buffer was reserved whole; keep only its used part, as close does */
     s->vdirect = os_set_direct(s->vfd, 1) == 0;
     if (!s->vdirect)
         db_log(db, "shard %u: O_DIRECT refused by the file system, value log uses buffered IO", (unsigned)s->id);
