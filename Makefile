@@ -32,7 +32,7 @@ TESTBINS := $(addprefix $(OUT)/,$(TESTS_BB) $(TESTS_WB))
 .PHONY: bench-ops
 .PHONY: fuzz bench-server
 .PHONY: test-server
-.PHONY: server
+.PHONY: server cli
 .PHONY: all deps lib test demo bench bench-deps bench-values asan tsan valgrind install \
         uninstall check-symbols clean help run-tests
 
@@ -120,6 +120,13 @@ server: deps build/kvidx-server
 build/kvidx-server: examples/server.c kvidx.c kvidx.h | deps
 	@mkdir -p build
 	$(CC) $(WARN) -D_GNU_SOURCE $(CFLAGS) -I. examples/server.c kvidx.c -o $@ $(LDLIBS)
+
+# kvidx, the command-line tool (examples/cli.c; docs/CLI.md).
+cli: deps build/kvidx
+
+build/kvidx: examples/cli.c kvidx.c kvidx.h | deps
+	@mkdir -p build
+	$(CC) $(WARN) -D_GNU_SOURCE $(CFLAGS) -I. examples/cli.c kvidx.c -o $@ $(LDLIBS)
 
 # kvidx against LMDB, RocksDB and LevelDB, one run (bench/bench_kv.c; several minutes).
 bench: deps bench-deps build/bench_kv
@@ -233,6 +240,7 @@ clean:
 help:
 	@echo "make            build libkvidx.a, libkvidx.so.$(VERSION), kvidx.pc"
 	@echo "make demo       build and run examples/quickstart.c (./kvidx-demo-data)"
+	@echo "make cli        build build/kvidx, the command-line tool (examples/cli.c; kvidx --help)"
 	@echo "make server     build build/kvidx-server (examples/server.c; --help lists its options)"
 	@echo "make test       build and run the tests (ends with 'N passed, N failed')"
 	@echo "make asan       the tests under AddressSanitizer + UBSan"
