@@ -214,25 +214,59 @@ bench-server: deps server
 
 # ---- install -------------------------------------------------------------
 
-install: all
-	install -d $(DESTDIR)$(INCDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(LIBDIR)/pkgconfig
+BINDIR ?= $(PREFIX)/bin
+
+# Everything install puts under $(DESTDIR); uninstall removes exactly these.
+INSTALLED = $(INCDIR)/kvidx.h $(LIBDIR)/libkvidx.a $(LIBDIR)/libkvidx.so.$(VERSION) \
+            $(LIBDIR)/libkvidx.so.$(MAJOR) $(LIBDIR)/libkvidx.so $(LIBDIR)/pkgconfig/kvidx.pc \
+            $(BINDIR)/kvidx $(BINDIR)/kvidx-server
+
+# kvidx.pc embeds PREFIX, LIBDIR and INCDIR. build/kvidx.pc.vars holds the values it was
+# written with and is rewritten only when they change, which rewrites kvidx.pc: a plain
+# `make` then `make install PREFIX=/opt/x` installs a kvidx.pc that says /opt/x.
+PC_VARS = prefix=$(PREFIX) libdir=$(LIBDIR) includedir=$(INCDIR)
+.PHONY: pc-vars-force
+pc-vars-force:
+kvidx.pc: build/kvidx.pc.vars
+build/kvidx.pc.vars: pc-vars-force
+	@mkdir -p build
+	@[ "$$(cat $@ 2>/dev/null)" = '$(PC_VARS)' ] || echo '$(PC_VARS)' > $@
+
+install: all build/kvidx build/kvidx-server
+	install -d $(DESTDIR)$(INCDIR) $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(BINDIR)
 	install -m 644 kvidx.h $(DESTDIR)$(INCDIR)/kvidx.h
 	install -m 644 libkvidx.a $(DESTDIR)$(LIBDIR)/libkvidx.a
 	install -m 755 libkvidx.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libkvidx.so.$(VERSION)
 	ln -sf libkvidx.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libkvidx.so.$(MAJOR)
 	ln -sf libkvidx.so.$(MAJOR) $(DESTDIR)$(LIBDIR)/libkvidx.so
 	install -m 644 kvidx.pc $(DESTDIR)$(LIBDIR)/pkgconfig/kvidx.pc
+	install -m 755 build/kvidx build/kvidx-server $(DESTDIR)$(BINDIR)
 
+# Files only: directories stay (they may hold other packages' files).
 uninstall:
-	rm -f $(DESTDIR)$(INCDIR)/kvidx.h $(DESTDIR)$(LIBDIR)/libkvidx.a \
-	  $(DESTDIR)$(LIBDIR)/libkvidx.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libkvidx.so.$(MAJOR) \
-	  $(DESTDIR)$(LIBDIR)/libkvidx.so $(DESTDIR)$(LIBDIR)/pkgconfig/kvidx.pc
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
 
-# The shared library exports kvidx_* and nothing else.
-check-symbols: libkvidx.so.$(VERSION)
+# The shared library exports kvidx_* and nothing else, and its soname is libkvidx.so.$(MAJOR).
+# kvidx.h compiles as C89 and C99 (tests/header_c89.c) and as C++98 and C++17
+# (tests/header_cxx.cc, linked against libkvidx.a and run), -pedantic -Werror.
+HDR_WARN := -pedantic -Werror -Wall -Wextra
+check-symbols: libkvidx.so.$(VERSION) libkvidx.a
 	@bad=$$(nm -D --defined-only libkvidx.so.$(VERSION) | awk '{print $$3}' | grep -v '^kvidx_' || true); \
 	if [ -n "$$bad" ]; then echo "exported symbols outside kvidx_*:"; echo "$$bad"; exit 1; fi; \
 	echo "check-symbols: only kvidx_* exported"
+	@soname=$$(readelf -d libkvidx.so.$(VERSION) | sed -n 's/.*(SONAME).*\[\(.*\)\].*/\1/p'); \
+	if [ "$$soname" != libkvidx.so.$(MAJOR) ]; then \
+	  echo "check-symbols: soname of libkvidx.so.$(VERSION) is '$$soname', not libkvidx.so.$(MAJOR)"; exit 1; fi; \
+	echo "check-symbols: soname libkvidx.so.$(MAJOR)"
+	$(CC) -std=c89 $(HDR_WARN) -fsyntax-only -I. tests/header_c89.c
+	$(CC) -std=c99 $(HDR_WARN) -fsyntax-only -I. tests/header_c89.c
+	@sh tests/deps.sh g++:/usr/bin/g++
+	@mkdir -p build
+	$(CXX) -std=c++98 $(HDR_WARN) -I. tests/header_cxx.cc libkvidx.a -o build/header_cxx98 $(LDLIBS)
+	./build/header_cxx98
+	$(CXX) -std=c++17 $(HDR_WARN) -I. tests/header_cxx.cc libkvidx.a -o build/header_cxx17 $(LDLIBS)
+	./build/header_cxx17
+	@echo "check-symbols: kvidx.h compiles as C89, C99, C++98, C++17"
 
 clean:
 	rm -rf build tests/tmp kvidx-demo-data kvidx.o libkvidx.a libkvidx.so* kvidx.pc
@@ -255,8 +289,8 @@ help:
 	@echo "make bench-ops  compaction, and KVIDX_SYNC puts (1, 2, 8 threads) against LMDB (bench/bench_ops.c)"
 	@echo "make fuzz       libFuzzer on the protocol layer for FUZZ_SECS (60) seconds (tests/fuzz_proto.c; clang)"
 	@echo "make bench-server  kvidx-server against redis-server under redis-benchmark (bench/bench_server.sh)"
-	@echo "make install    install to \$$DESTDIR\$$PREFIX (default /usr/local)"
-	@echo "make uninstall  remove what install put there"
-	@echo "make check-symbols  fail if libkvidx.so exports anything but kvidx_*"
+	@echo "make install    kvidx.h, libkvidx.a/.so, kvidx.pc, kvidx, kvidx-server into \$$DESTDIR\$$PREFIX (/usr/local)"
+	@echo "make uninstall  remove the files install put there (directories stay)"
+	@echo "make check-symbols  libkvidx.so exports only kvidx_* under soname libkvidx.so.$(MAJOR); kvidx.h compiles as C89/C99/C++98/C++17"
 	@echo "make clean      remove build outputs and test data"
 	@echo "Seeds: tests print theirs; KVIDX_SEED=N replays. KVIDX_TEST_DIR sets the scratch dir."
