@@ -21,8 +21,8 @@
  * Reads (get, scan, list-get, list-count, list-scan, stat, dump, backup)
  * open the database read only, so several can run at once; writes open it
  * read-write, and put, list-add and load create it when it is missing.
- * Both fail with "directory is locked" while another process (say
- * kvidx-server) has it open for writing: use that process instead.
+ * Both fail with "database is open elsewhere" (exit 3) while another
+ * process (say kvidx-server) has it open for writing: use that process.
  *
  * The dump format (docs/CLI.md): one JSON object per line.
  *   {"kvidx":"dump","format":1,"version":"0.4.0","shards":8}
@@ -440,7 +440,7 @@ static int cmd_list_get(kvidx *db, cli *c) {
     size_t n, i;
     int rc;
     if ((rc = arg_u64(c->arg[1], "KEY", &key))) return rc;
-    while (left) {
+    for (;;) { /* once even for --limit 0: an absent list is exit 1 all the same */
         size_t want = left < LIST_PAGE ? (size_t)left : LIST_PAGE;
         rc = kvidx_list_get(db, key, from, page, want, &n);
         if (rc == KVIDX_NOTFOUND) {
@@ -450,7 +450,7 @@ static int cmd_list_get(kvidx *db, cli *c) {
         if (rc) return fail("list-get", rc);
         for (i = 0; i < n; i++) printf("%" PRIu64 "\n", page[i]);
         left -= n;
-        if (n < want || page[n - 1] == UINT64_MAX || ferror(stdout)) break;
+        if (!left || n < want || page[n - 1] == UINT64_MAX || ferror(stdout)) break;
         from = page[n - 1] + 1;
     }
     return EXIT_DONE;
@@ -617,7 +617,7 @@ static void *compact_worker(void *p) {
 
 /* Runs kvidx_compact on a thread; on a terminal, this thread draws the
  * shards done (kvidx_stats.compactions, which counts each shard's commit)
- * on stderr every 100 ms. */
+ * on stderr every 100 ms, and once more when it is over. */
 static int cmd_compact(kvidx *db, cli *c) {
     kvidx_stats before, after;
     compact_job job;
@@ -634,7 +634,8 @@ static int cmd_compact(kvidx *db, cli *c) {
         say("starting the compaction thread: %s", strerror(rc));
         return EXIT_KVIDX;
     }
-    while (bar && !__atomic_load_n(&job.done, __ATOMIC_ACQUIRE)) {
+    while (bar) { /* drawn at least twice: at the start and when done */
+        int fin = __atomic_load_n(&job.done, __ATOMIC_ACQUIRE);
         kvidx_stats now;
         struct timespec nap = {0, 100 * 1000 * 1000};
         uint64_t k, d;
@@ -649,6 +650,7 @@ static int cmd_compact(kvidx *db, cli *c) {
         for (k = 0; k < (uint64_t)w; k++) fputc((int)k < fill ? '#' : '.', stderr);
         fprintf(stderr, "] %" PRIu64 "/%" PRIu32 " shards", d, now.shards);
         fflush(stderr);
+        if (fin) break;
         nanosleep(&nap, NULL);
     }
     pthread_join(th, NULL);
