@@ -316,7 +316,7 @@ static int read_value(cli *c, uint8_t *out, size_t *len) {
 static int cmd_put(kvidx *db, cli *c) {
     uint8_t val[KVIDX_VALUE_MAX];
     uint64_t key;
-    size_t len;
+    size_t len = 0;
     int rc;
     if ((rc = arg_u64(c->arg[1], "KEY", &key)) || (rc = read_value(c, val, &len))) return rc;
     if ((rc = kvidx_put(db, key, val, len))) return fail("put", rc);
