@@ -84,14 +84,16 @@ test-server: deps server
 
 # The C tests, then tests/test_cli.py and tests/test_server.sh: the kvidx tool
 # and kvidx-server built like them (sanitized in asan/tsan, where
-# redis-benchmark runs 20,000 requests); in `make test` only, tests/test_install.sh
-# (make install into a scratch DESTDIR, pkg-config and drop-in builds).
+# redis-benchmark runs 20,000 requests); in `make test` only, tests/test_python.py
+# (the ctypes binding on libkvidx.so) and tests/test_install.sh (make install into
+# a scratch DESTDIR, pkg-config and drop-in builds).
 BENCH_N := $(if $(SAN),20000,100000)
-run-tests: $(TESTBINS) $(OUT)/kvidx-server $(OUT)/kvidx
+run-tests: $(TESTBINS) $(OUT)/kvidx-server $(OUT)/kvidx $(if $(SAN),,libkvidx.so.$(VERSION))
 	@mkdir -p tests/tmp
 	@sh tests/deps.sh python3:/usr/bin/python3
 	@KVIDX_SERVER=$(OUT)/kvidx-server KVIDX_CLI=$(OUT)/kvidx TEST_SERVER_BENCH_N=$(BENCH_N) \
-	  sh tests/run.sh $(TESTBINS) tests/test_cli.py tests/test_server.sh $(if $(SAN),,tests/test_install.sh)
+	  sh tests/run.sh $(TESTBINS) tests/test_cli.py tests/test_server.sh \
+	  $(if $(SAN),,tests/test_python.py tests/test_install.sh)
 
 $(OUT)/kvidx: examples/cli.c kvidx.c kvidx.h
 	@mkdir -p $(OUT)

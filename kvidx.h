@@ -203,14 +203,14 @@ int kvidx_put(kvidx *db, uint64_t key, const void *val, size_t len);
  * and its length into *len. Returns KVIDX_OK; KVIDX_NOTFOUND (*len = 0);
  * KVIDX_ETOOBIG when cap is smaller than the value (*len = the length
  * needed, buf untouched); KVIDX_ECORRUPT when the stored bytes fail their
- * checksum (buf contents unspecified); KVIDX_EINVAL (NULL db or len, NULL
+ * checksum (*len = the stored length, buf contents unspecified); KVIDX_EINVAL (NULL db or len, NULL
  * buf with cap > 0); KVIDX_EMISUSE. Never locks, never waits, never
  * allocates, makes no system call for a value in memory. */
 int kvidx_get(kvidx *db, uint64_t key, void *buf, size_t cap, size_t *len);
 
 /* Removes key. Returns KVIDX_OK, KVIDX_NOTFOUND (nothing changes),
- * KVIDX_EINVAL, KVIDX_ERDONLY, KVIDX_EMISUSE, KVIDX_EFULL, KVIDX_EIO (as
- * for kvidx_put, including the KVIDX_SYNC exception). */
+ * KVIDX_EINVAL, KVIDX_ERDONLY, KVIDX_EMISUSE, KVIDX_EFULL, KVIDX_ENOMEM,
+ * KVIDX_EIO (as for kvidx_put, including the KVIDX_SYNC exception). */
 int kvidx_delete(kvidx *db, uint64_t key);
 
 /* Called once per key by kvidx_scan; val (len bytes) is valid only during
