@@ -83,11 +83,11 @@ extern "C" {
 /* ---- version --------------------------------------------------------- */
 
 #define KVIDX_VERSION_MAJOR 0
-#define KVIDX_VERSION_MINOR 4
+#define KVIDX_VERSION_MINOR 5
 #define KVIDX_VERSION_PATCH 0
 #define KVIDX_VERSION_NUMBER \
     (KVIDX_VERSION_MAJOR * 10000 + KVIDX_VERSION_MINOR * 100 + KVIDX_VERSION_PATCH)
-#define KVIDX_VERSION_STRING "0.4.0"
+#define KVIDX_VERSION_STRING "0.5.0"
 
 /* ---- limits ----------------------------------------------------------- */
 
@@ -118,7 +118,7 @@ extern "C" {
  * get "unknown error"). Thread-safe. */
 const char *kvidx_strerror(int rc);
 
-/* The library's version, e.g. "0.4.0"; equals KVIDX_VERSION_STRING of the
+/* The library's version, e.g. "0.5.0"; equals KVIDX_VERSION_STRING of the
  * header it was built with. Thread-safe. */
 const char *kvidx_version(void);
 

@@ -25,7 +25,7 @@
  * process (say kvidx-server) has it open for writing: use that process.
  *
  * The dump format (docs/CLI.md): one JSON object per line.
- *   {"kvidx":"dump","format":1,"version":"0.4.0","shards":8}
+ *   {"kvidx":"dump","format":1,"version":"0.5.0","shards":8}
  *   {"key":42,"value":"aGVsbG8="}            base64 of the value's bytes
  *   {"key":7,"list":[1,2,3]}                 ids ascending, at most 65536 a line
  *   {"end":true,"values":1,"lists":1,"ids":3}

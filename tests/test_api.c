@@ -269,8 +269,8 @@ static void test_version_strerror(void) {
     guard(__func__);
     REQUIRE(kvidx_version() != NULL);
     CHECK(strcmp(kvidx_version(), KVIDX_VERSION_STRING) == 0);
-    CHECK(strcmp(KVIDX_VERSION_STRING, "0.4.0") == 0);
-    CHECK(KVIDX_VERSION_NUMBER == 400);
+    CHECK(strcmp(KVIDX_VERSION_STRING, "0.5.0") == 0);
+    CHECK(KVIDX_VERSION_NUMBER == 500);
     for (i = 0; i < NKNOWN; i++) {
         const char *s = kvidx_strerror(known_codes[i]);
         CHECK(s != NULL);

@@ -807,7 +807,7 @@ def _close_all():
 
 
 def version():
-    """The library's version string, e.g. "0.4.0" (kvidx_version)."""
+    """The library's version string, e.g. "0.5.0" (kvidx_version)."""
     return _lib.kvidx_version().decode("ascii", "replace")
 
 
