@@ -346,6 +346,13 @@ typedef struct scan_out {
     int hex;
 } scan_out;
 
+/* [FROM [TO]] and --limit of scan and list-scan into *o. */
+static int scan_args(const cli *c, uint64_t *from, uint64_t *to, scan_out *o) {
+    o->left = (c->opts & O_LIMIT) ? c->limit : UINT64_MAX;
+    o->hex = !!(c->opts & O_HEX);
+    return arg_range(c, 1, from, to);
+}
+
 static int scan_print(void *ud, uint64_t key, const void *val, size_t len) {
     scan_out *o = ud;
     printf("%" PRIu64 "\t", key);
@@ -359,9 +366,7 @@ static int cmd_scan(kvidx *db, cli *c) {
     scan_out o;
     uint64_t from, to;
     int rc;
-    if ((rc = arg_range(c, 1, &from, &to))) return rc;
-    o.left = (c->opts & O_LIMIT) ? c->limit : UINT64_MAX;
-    o.hex = !!(c->opts & O_HEX);
+    if ((rc = scan_args(c, &from, &to, &o))) return rc;
     if (o.left && (rc = kvidx_scan(db, from, to, scan_print, &o))) return fail("scan", rc);
     return EXIT_DONE;
 }
@@ -406,6 +411,8 @@ static int read_ids(cli *c, uint64_t **ids, size_t *n) {
     return 0;
 }
 
+static void no_list(uint64_t key) { say("%" PRIu64 ": no such list", key); }
+
 static int cmd_list_add(kvidx *db, cli *c) {
     uint64_t key, *ids;
     size_t n, done = 0;
@@ -426,7 +433,7 @@ static int cmd_list_remove(kvidx *db, cli *c) {
     rc = kvidx_list_remove(db, key, ids, n, &done);
     free(ids);
     if (rc == KVIDX_NOTFOUND) {
-        say("%" PRIu64 ": no such list", key);
+        no_list(key);
         printf("0\n");
         return EXIT_NOTFOUND;
     }
@@ -444,7 +451,7 @@ static int cmd_list_get(kvidx *db, cli *c) {
         size_t want = left < LIST_PAGE ? (size_t)left : LIST_PAGE;
         rc = kvidx_list_get(db, key, from, page, want, &n);
         if (rc == KVIDX_NOTFOUND) {
-            say("%" PRIu64 ": no such list", key);
+            no_list(key);
             return EXIT_NOTFOUND;
         }
         if (rc) return fail("list-get", rc);
@@ -472,7 +479,7 @@ static int cmd_list_del(kvidx *db, cli *c) {
     if ((rc = arg_u64(c->arg[1], "KEY", &key))) return rc;
     rc = kvidx_list_delete(db, key);
     if (rc == KVIDX_NOTFOUND) {
-        say("%" PRIu64 ": no such list", key);
+        no_list(key);
         return EXIT_NOTFOUND;
     }
     return rc ? fail("list-del", rc) : EXIT_DONE;
@@ -488,9 +495,7 @@ static int cmd_list_scan(kvidx *db, cli *c) {
     scan_out o;
     uint64_t from, to;
     int rc;
-    if ((rc = arg_range(c, 1, &from, &to))) return rc;
-    o.left = (c->opts & O_LIMIT) ? c->limit : UINT64_MAX;
-    o.hex = 0;
+    if ((rc = scan_args(c, &from, &to, &o))) return rc;
     if (o.left && (rc = kvidx_list_scan(db, from, to, list_scan_print, &o))) return fail("list-scan", rc);
     return EXIT_DONE;
 }

@@ -271,6 +271,7 @@ def t_lists_model():
 def t_bad_input():
     d = fresh("bad")
     run("put", d, 1, "one")
+    run("list-add", d, 9, 1, 2, 3)
     before = run("dump", d)[0]
     cases = [
         (["get", d, "x"], "bad KEY"), (["get", d, "-1"], "bad KEY"),
@@ -284,6 +285,17 @@ def t_bad_input():
     for args, msg in cases:
         _, err = run(*args, code=2)
         check(msg in err, "kvidx %s: stderr %r lacks %r" % (" ".join(args[:1] + args[2:]), err, msg))
+    _, err = run("list-add", d, 1, stdin=b"1 2 x", code=2)
+    check("bad ID 'x'" in err, "a bad id on stdin: " + err)
+    _, err = run("list-add", d, 1, stdin=b"1 " + b"9" * 40, code=2)
+    check("too long" in err, "a 40-digit id on stdin: " + err)
+    _, err = run("load", d, os.path.join(TMP, "no-such-file"), code=2)
+    check("No such file" in err, "load of a missing file: " + err)
+    for cmd in (["dump", d], ["scan", d], ["list-get", d, 9]):
+        with open("/dev/full", "wb") as full:  # output that cannot be written is exit 3
+            p = subprocess.run([CLI] + [str(a) for a in cmd], stdout=full, stderr=subprocess.PIPE, timeout=60)
+        check(p.returncode == 3 and b"writing the output" in p.stderr,
+              "%s > /dev/full: exit %d, %r" % (cmd[0], p.returncode, p.stderr))
     _, err = run("put", d, 1, stdin=b"x" * 257, code=2)
     check("longer than 256 bytes" in err and "out of range" in err, "257 bytes on stdin: " + err)
     check(run("dump", d)[0] == before, "a refused command changed the database")
@@ -321,6 +333,8 @@ def t_locked():
             time.sleep(0.02)
         _, err = run("get", d, 1, code=3)
         check("open elsewhere" in err, err)
+        out, err = run("check", d, code=3)  # check cannot run beside a writer: no verdict
+        check(out == b"" and "open elsewhere" in err, "check beside a writer: %r %r" % (out, err))
     finally:
         p.stdin.close()
         p.wait(timeout=60)

@@ -542,15 +542,19 @@ class KVIDX:
             return default
         raise _error(rc, "kvidx_get(%d)" % k)
 
-    def delete(self, key):
-        """Removes key's value; True if there was one."""
+    def _delete(self, name, key):
+        """kvidx_delete or kvidx_list_delete: True if there was something."""
         k = _u64_arg(key)
-        rc = self._call("kvidx_delete", k)
+        rc = self._call(name, k)
         if rc == OK:
             return True
         if rc == NOTFOUND:
             return False
-        raise _error(rc, "kvidx_delete(%d)" % k)
+        raise _error(rc, "%s(%d)" % (name, k))
+
+    def delete(self, key):
+        """Removes key's value; True if there was one."""
+        return self._delete("kvidx_delete", key)
 
     def __getitem__(self, key):
         v = self.get(key)
@@ -652,13 +656,7 @@ class KVIDX:
 
     def list_delete(self, key):
         """Deletes key's list; True if there was one."""
-        k = _u64_arg(key)
-        rc = self._call("kvidx_list_delete", k)
-        if rc == OK:
-            return True
-        if rc == NOTFOUND:
-            return False
-        raise _error(rc, "kvidx_list_delete(%d)" % k)
+        return self._delete("kvidx_list_delete", key)
 
     def list_count(self, key):
         """The number of ids in key's list (0 if there is none)."""
